@@ -1,0 +1,115 @@
+"""params.yaml -> typed, validated settings.
+
+Each module owns the dataclass for its own section (so editing one stage's settings does not
+invalidate every other stage in dvc.yaml); this module only knows how to read YAML and how to
+turn a mapping into such a dataclass strictly: unknown keys, wrong types and values outside a
+``Literal`` are errors that name the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ParamsError(ValueError):
+    """A params.yaml value is missing, unknown or of the wrong kind."""
+
+
+def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such params file; run from the repository root or pass --params")
+    with path.open() as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def section(params: dict[str, Any], dotted: str) -> dict[str, Any]:
+    node: Any = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ParamsError(f"params.yaml: missing section '{dotted}'")
+        node = node[part]
+    if not isinstance(node, dict):
+        raise ParamsError(f"params.yaml: '{dotted}' must be a mapping")
+    return node
+
+
+def from_mapping(cls: type[T], mapping: dict[str, Any] | None, where: str) -> T:
+    """Build dataclass ``cls`` from ``mapping``; ``where`` is the dotted params key for errors."""
+    mapping = dict(mapping or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping) - names)
+    if unknown:
+        raise ParamsError(f"params.yaml: unknown key(s) {unknown} in '{where}'; valid keys: {sorted(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in mapping:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ParamsError(f"params.yaml: missing required key '{where}.{f.name}'")
+            continue
+        kwargs[f.name] = _coerce(hints[f.name], mapping[f.name], f"{where}.{f.name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except ParamsError as exc:
+                errors.append(str(exc))
+        raise ParamsError(errors[0] if len(errors) == 1 else f"params.yaml: '{where}' = {value!r} fits none of {tp}")
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(f"params.yaml: '{where}' = {value!r}; expected one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"params.yaml: '{where}' must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ParamsError(f"params.yaml: '{where}' must have {len(args)} items, got {list(value)}")
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ParamsError(f"params.yaml: '{where}' must be a mapping")
+        return from_mapping(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"params.yaml: '{where}' must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"params.yaml: '{where}' must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"params.yaml: '{where}' must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"params.yaml: '{where}' must be a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported settings type {tp} at {where}")

@@ -1,0 +1,1 @@
+"""Data pipeline: acquire, validate, preprocess and split BraTS-Africa."""

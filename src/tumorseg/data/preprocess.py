@@ -1,0 +1,152 @@
+"""The ``preprocess`` stage: the original project's steps, done right.
+
+Per valid case: stack the four sequences (``SEQUENCES`` order) into one 4-channel volume,
+crop the axial range to the slices with brain (or tumour), normalise each channel over the
+brain, and store axial 2D slices in the slice store with a Parquet index.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from tumorseg.data.brats import MASK, SEQUENCES, load_mask, read_manifest
+from tumorseg.data.slices import CASE_INDEX_COLUMNS, SLICE_INDEX_COLUMNS, image_file, label_file, typed_frame
+from tumorseg import paths
+from tumorseg.config import from_mapping, read_params
+from tumorseg.fileio import atomic_dir, write_parquet
+from tumorseg.logs import setup_logging
+from tumorseg.parallel import parallel_map
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    crop: Literal["brain", "tumour"] = "brain"
+    crop_margin: int = 0  # extra slices kept on each side of the cropped range
+    normalize: Literal["minmax", "percentile", "zscore"] = "minmax"
+    percentiles: tuple[float, float] = (0.5, 99.5)  # for normalize: percentile
+    workers: int = 2
+
+
+def axial_range(mask: np.ndarray, margin: int = 0) -> tuple[int, int]:
+    """[start, stop) of the axial slices (last axis) where ``mask`` has any voxel."""
+    present = np.flatnonzero(mask.reshape(-1, mask.shape[-1]).any(axis=0))
+    if present.size == 0:
+        return 0, 0
+    return max(0, int(present[0]) - margin), min(mask.shape[-1], int(present[-1]) + 1 + margin)
+
+
+def normalize_channel(volume: np.ndarray, brain: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
+    """One channel (any shape) -> float32; background voxels stay exactly 0.
+
+    * minmax: divide by the range over the volume (as the original project, which divided by
+      the volume maximum: skull-stripped MRI has its minimum at the 0 background);
+    * percentile: clip to the brain's [p_low, p_high] percentiles, then scale to [0, 1];
+    * zscore: zero mean, unit variance over brain voxels.
+    """
+    v = volume.astype(np.float32, copy=False)
+    if settings.normalize == "minmax":
+        lo, hi = float(v.min()), float(v.max())
+        out = (v - lo) * np.float32(1.0 / (hi - lo) if hi > lo else 0.0)
+    else:
+        values = v[brain]
+        if values.size == 0:
+            return np.zeros_like(v)
+        if settings.normalize == "percentile":
+            lo, hi = (float(x) for x in np.percentile(values, settings.percentiles))
+            out = (np.clip(v, lo, hi) - lo) * np.float32(1.0 / (hi - lo) if hi > lo else 0.0)
+        else:
+            mean, std = float(values.mean()), float(values.std())
+            out = (v - mean) * np.float32(1.0 / std if std > 0 else 0.0)
+    out[~brain] = 0.0
+    return out
+
+
+def preprocess_case(channels: list[np.ndarray], mask: np.ndarray, settings: PreprocessSettings):
+    """Arrays in NIfTI (X, Y, Z) order -> (images (Z, 4, Y, X) float16, labels (Z, Y, X) uint8, (z0, z1)).
+
+    The transposes are free views: NIfTI volumes are Fortran-ordered, so (Z, Y, X) is their
+    C order and each axial slice is one contiguous block.
+    """
+    brain = np.zeros(mask.shape, dtype=bool)
+    for ch in channels:
+        brain |= ch != 0
+    crop_mask = brain if settings.crop == "brain" else mask > 0
+    z0, z1 = axial_range(crop_mask, settings.crop_margin)
+    brain_t = brain.T[z0:z1]
+    images = np.empty((z1 - z0, len(channels), mask.shape[1], mask.shape[0]), dtype=np.float16)
+    for c, ch in enumerate(channels):
+        images[:, c] = normalize_channel(ch.T[z0:z1], brain_t, settings)
+    labels = np.ascontiguousarray(mask.T[z0:z1], dtype=np.uint8)
+    return images, labels, (z0, z1)
+
+
+def slice_rows(case_id: str, cohort: str, labels: np.ndarray, brain_counts: np.ndarray, z0: int) -> list[dict]:
+    counts = np.stack([(labels == k).sum(axis=(1, 2)) for k in (1, 2, 3)], axis=1)
+    return [
+        {
+            "case_id": case_id, "cohort": cohort, "slice": z0 + i, "row": i,
+            "image_file": image_file(case_id), "label_file": label_file(case_id),
+            "n_brain": int(brain_counts[i]), "n_netc": int(counts[i, 0]), "n_edema": int(counts[i, 1]),
+            "n_et": int(counts[i, 2]), "has_tumour": bool(counts[i].sum() > 0),
+        }
+        for i in range(labels.shape[0])
+    ]
+
+
+def _process_case(job) -> tuple[dict, list[dict]]:
+    case, raw_dir, out_dir, settings = job
+    channels = []
+    for seq in SEQUENCES:
+        path = raw_dir / case[f"{seq}_path"]
+        data = np.asanyarray(nib.load(path).dataobj)
+        if data.dtype.kind == "f":
+            data = data.astype(np.float32, copy=False)
+        channels.append(data)
+    mask = load_mask(raw_dir / case[f"{MASK}_path"])
+    images, labels, (z0, z1) = preprocess_case(channels, mask, settings)
+    brain_counts = (images != 0).any(axis=1).sum(axis=(1, 2))
+    cid = case["case_id"]
+    np.save(out_dir / image_file(cid), images)
+    np.save(out_dir / label_file(cid), labels)
+    case_row = {
+        "case_id": cid, "cohort": case["cohort"], "nx": int(case["nx"]), "ny": int(case["ny"]), "nz": int(case["nz"]),
+        "spacing_x": float(case["spacing_x"]), "spacing_y": float(case["spacing_y"]), "spacing_z": float(case["spacing_z"]),
+        "z_start": z0, "z_stop": z1, "image_file": image_file(cid), "label_file": label_file(cid),
+    }
+    return case_row, slice_rows(cid, case["cohort"], labels, brain_counts, z0)
+
+
+def run_preprocess(settings: PreprocessSettings, manifest_path: Path, raw_dir: Path, out_dir: Path) -> pd.DataFrame:
+    manifest = read_manifest(manifest_path)
+    ok = manifest[manifest["status"] == "ok"].sort_values("case_id")
+    if ok.empty:
+        raise ValueError(f"{manifest_path}: no valid cases to preprocess")
+    skipped = manifest[manifest["status"] != "ok"]
+    if len(skipped):
+        log.warning("skipping %d invalid case(s) listed in %s: %s", len(skipped), manifest_path, ", ".join(skipped["case_id"]))
+    with atomic_dir(out_dir) as staging:
+        jobs = [(row, Path(raw_dir), staging, settings) for row in ok.to_dict("records")]
+        results = parallel_map(_process_case, jobs, workers=settings.workers, desc="preprocess cases")
+        cases = typed_frame([r[0] for r in results], CASE_INDEX_COLUMNS)
+        slices = typed_frame([row for r in results for row in r[1]], SLICE_INDEX_COLUMNS)
+        write_parquet(cases, staging / "cases.parquet")
+        write_parquet(slices, staging / "slice_index.parquet")
+    log.info("preprocessed %d cases into %d slices (%d with tumour) -> %s",
+             len(cases), len(slices), int(slices["has_tumour"].sum()), out_dir)
+    return slices
+
+
+def main(params_path: str | Path = paths.PARAMS) -> pd.DataFrame:
+    """Stage entry point: settings from params.yaml ``preprocess``."""
+    setup_logging()
+    settings = from_mapping(PreprocessSettings, read_params(params_path).get("preprocess"), "preprocess")
+    return run_preprocess(settings, paths.MANIFEST, paths.RAW_DIR, paths.PREPROCESSED_DIR)

@@ -1,0 +1,18 @@
+"""Where each pipeline stage reads and writes, relative to the repository root.
+
+dvc.yaml spells the same paths (tests/test_dvc_yaml.py keeps the two in step); stage scripts
+and CLI commands import them from here so no module invents its own.
+"""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+
+DATA = Path("data")
+RAW_DIR = DATA / "raw"                      # download: the dataset in BraTS-Africa layout
+MANIFEST = DATA / "manifest.parquet"        # download: one row per case, validated
+PREPROCESSED_DIR = DATA / "preprocessed"    # preprocess: per-case .npy slices + index tables
+SLICE_INDEX = PREPROCESSED_DIR / "slice_index.parquet"
+CASE_INDEX = PREPROCESSED_DIR / "cases.parquet"
+SPLIT = DATA / "split.parquet"              # split: one row per slice with its subset
+DOWNLOAD_CACHE = DATA / "downloads"         # url source: verified archives (git/dvc-ignored)
