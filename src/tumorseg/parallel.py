@@ -1,9 +1,14 @@
-"""Process-parallel map with a progress bar and results in input order (for reproducibility)."""
+"""Process-parallel map with a progress bar and results in input order (for reproducibility).
+
+Workers start with ``forkserver``, not ``fork``: a parent that has already run torch (OpenMP)
+deadlocks forked children that use it again.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import TypeVar
 
 from tqdm.auto import tqdm
@@ -22,10 +27,9 @@ def parallel_map(fn: Callable[[A], R], items: Sequence[A], workers: int = 1, des
                 bar.update()
             return out
         results: list = [None] * len(items)
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=context) as pool:
             futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
-            from concurrent.futures import as_completed
-
             for fut in as_completed(futures):
                 results[futures[fut]] = fut.result()
                 bar.update()

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import re
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from isal import igzip
 
 from tumorseg.fileio import sha256_file
 
@@ -32,6 +32,18 @@ REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)
 CASE_ID_RE = re.compile(r"^BraTS-[A-Za-z]+-\d{5}-\d{3}$")
 COHORT_DIRS = {"Glioma": "glioma", "OtherNeoplasms": "other_neoplasm"}
 COHORT_FOLDER = {"glioma": "95_Glioma", "other_neoplasm": "51_OtherNeoplasms"}
+
+
+def read_nifti(path: str | Path) -> nib.Nifti1Image:
+    """Load a .nii or .nii.gz fully into memory.
+
+    Decompressing with ISA-L (``isal``) instead of zlib cuts the dominant cost of every stage
+    that reads the dataset; the bytes and the resulting image are the same as nibabel's own.
+    """
+    raw = Path(path).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = igzip.decompress(raw)
+    return nib.Nifti1Image.from_bytes(raw)
 
 
 def case_filename(case_id: str, kind: str) -> str:
@@ -154,9 +166,9 @@ def validate_case(case: CaseDir, root: str | Path) -> ManifestRow:
             problems.append(f"{kind}: zero-byte file {rel}")
             continue
         try:
-            img = nib.load(path)
+            img = read_nifti(path)
             data = np.asanyarray(img.dataobj)
-        except (EOFError, zlib.error, OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        except Exception as exc:  # any parse failure is this file's defect; reported, never raised
             problems.append(f"{kind}: unreadable or truncated NIfTI {rel} ({type(exc).__name__}: {exc})")
             continue
         info["dtype"] = str(data.dtype)
@@ -202,7 +214,7 @@ def _check_labels(mask: np.ndarray, rel: str, row: ManifestRow) -> list[str]:
 
 def load_mask(path: str | Path) -> np.ndarray:
     """A label map as uint8 with legacy label 4 remapped to 3."""
-    mask = np.asanyarray(nib.load(path).dataobj)
+    mask = np.asanyarray(read_nifti(path).dataobj)
     mask = np.rint(mask).astype(np.uint8) if mask.dtype.kind == "f" else mask.astype(np.uint8, copy=False)
     if (mask == LEGACY_ET_LABEL).any():
         mask = np.where(mask == LEGACY_ET_LABEL, np.uint8(3), mask)

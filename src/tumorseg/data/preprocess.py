@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
+import torch
 
-from tumorseg.data.brats import MASK, SEQUENCES, load_mask, read_manifest
+from tumorseg.data.brats import MASK, SEQUENCES, load_mask, read_manifest, read_nifti
 from tumorseg.data.slices import CASE_INDEX_COLUMNS, SLICE_INDEX_COLUMNS, image_file, label_file, typed_frame
 from tumorseg import paths
 from tumorseg.config import from_mapping, read_params
@@ -44,59 +44,84 @@ def axial_range(mask: np.ndarray, margin: int = 0) -> tuple[int, int]:
     return max(0, int(present[0]) - margin), min(mask.shape[-1], int(present[-1]) + 1 + margin)
 
 
-def normalize_channel(volume: np.ndarray, brain: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
-    """One channel (any shape) -> float32; background voxels stay exactly 0.
+def channel_affine(volume: np.ndarray, brain: np.ndarray, settings: PreprocessSettings) -> tuple[float, float, float, float]:
+    """(offset, scale, clip_lo, clip_hi) such that normalised = (clip(v, lo, hi) - offset) * scale.
 
     * minmax: divide by the range over the volume (as the original project, which divided by
       the volume maximum: skull-stripped MRI has its minimum at the 0 background);
     * percentile: clip to the brain's [p_low, p_high] percentiles, then scale to [0, 1];
     * zscore: zero mean, unit variance over brain voxels.
+    Background voxels are set to exactly 0 afterwards in every mode.
     """
-    v = volume.astype(np.float32, copy=False)
     if settings.normalize == "minmax":
-        lo, hi = float(v.min()), float(v.max())
-        out = (v - lo) * np.float32(1.0 / (hi - lo) if hi > lo else 0.0)
-    else:
-        values = v[brain]
-        if values.size == 0:
-            return np.zeros_like(v)
-        if settings.normalize == "percentile":
-            lo, hi = (float(x) for x in np.percentile(values, settings.percentiles))
-            out = (np.clip(v, lo, hi) - lo) * np.float32(1.0 / (hi - lo) if hi > lo else 0.0)
-        else:
-            mean, std = float(values.mean()), float(values.std())
-            out = (v - mean) * np.float32(1.0 / std if std > 0 else 0.0)
-    out[~brain] = 0.0
+        lo, hi = float(volume.min()), float(volume.max())
+        return lo, (1.0 / (hi - lo) if hi > lo else 0.0), -np.inf, np.inf
+    values = volume[brain]
+    if values.size == 0:
+        return 0.0, 0.0, -np.inf, np.inf
+    if settings.normalize == "percentile":
+        lo, hi = (float(x) for x in np.percentile(values, settings.percentiles))
+        return lo, (1.0 / (hi - lo) if hi > lo else 0.0), lo, hi
+    values = values.astype(np.float64)
+    mean, std = float(values.mean()), float(values.std())
+    return mean, (1.0 / std if std > 0 else 0.0), -np.inf, np.inf
+
+
+def normalize_channel(volume: np.ndarray, brain: np.ndarray, settings: PreprocessSettings, out: np.ndarray | None = None) -> np.ndarray:
+    """One channel (any shape) -> normalised float32 (or written into ``out``, e.g. float16).
+
+    Runs in torch: its float32 -> float16 cast is ~3x faster than numpy's, which matters
+    because preprocessing should cost little more than reading the NIfTI files.
+    """
+    offset, scale, lo, hi = channel_affine(volume, brain, settings)
+    x = torch.from_numpy(np.ascontiguousarray(volume)).to(torch.float32, copy=True)  # never alter the input
+    if np.isfinite(lo):
+        x.clamp_(lo, hi)
+    x.sub_(offset).mul_(scale)
+    if settings.normalize != "minmax" or offset != 0.0:
+        x.mul_(torch.from_numpy(brain))
+    if out is None:
+        return x.numpy()
+    torch.from_numpy(out).copy_(x)
     return out
 
 
 def preprocess_case(channels: list[np.ndarray], mask: np.ndarray, settings: PreprocessSettings):
-    """Arrays in NIfTI (X, Y, Z) order -> (images (Z, 4, Y, X) float16, labels (Z, Y, X) uint8, (z0, z1)).
+    """Arrays in NIfTI (X, Y, Z) order -> (images (Z, 4, Y, X) float16, labels (Z, Y, X) uint8,
+    brain voxels per slice, (z0, z1)).
 
     The transposes are free views: NIfTI volumes are Fortran-ordered, so (Z, Y, X) is their
     C order and each axial slice is one contiguous block.
     """
-    brain = np.zeros(mask.shape, dtype=bool)
-    for ch in channels:
-        brain |= ch != 0
-    crop_mask = brain if settings.crop == "brain" else mask > 0
+    brain = channels[0].T != 0  # skull-stripped: brain = any sequence non-zero
+    for ch in channels[1:]:
+        brain |= ch.T != 0
+    crop_mask = brain.T if settings.crop == "brain" else mask > 0
     z0, z1 = axial_range(crop_mask, settings.crop_margin)
-    brain_t = brain.T[z0:z1]
+    brain = brain[z0:z1]
     images = np.empty((z1 - z0, len(channels), mask.shape[1], mask.shape[0]), dtype=np.float16)
     for c, ch in enumerate(channels):
-        images[:, c] = normalize_channel(ch.T[z0:z1], brain_t, settings)
+        normalize_channel(ch.T[z0:z1], brain, settings, out=images[:, c])
     labels = np.ascontiguousarray(mask.T[z0:z1], dtype=np.uint8)
-    return images, labels, (z0, z1)
+    return images, labels, brain.sum(axis=(1, 2)), (z0, z1)
+
+
+def label_counts(labels: np.ndarray) -> np.ndarray:
+    """(Z, 4) voxel counts of labels 0-3 per slice; only tumour voxels are visited."""
+    idx = np.flatnonzero(labels)
+    per_slice = labels.shape[1] * labels.shape[2]
+    counts = np.bincount((idx // per_slice) * 4 + labels.ravel()[idx], minlength=labels.shape[0] * 4)
+    return counts.reshape(-1, 4)
 
 
 def slice_rows(case_id: str, cohort: str, labels: np.ndarray, brain_counts: np.ndarray, z0: int) -> list[dict]:
-    counts = np.stack([(labels == k).sum(axis=(1, 2)) for k in (1, 2, 3)], axis=1)
+    counts = label_counts(labels)
     return [
         {
             "case_id": case_id, "cohort": cohort, "slice": z0 + i, "row": i,
             "image_file": image_file(case_id), "label_file": label_file(case_id),
-            "n_brain": int(brain_counts[i]), "n_netc": int(counts[i, 0]), "n_edema": int(counts[i, 1]),
-            "n_et": int(counts[i, 2]), "has_tumour": bool(counts[i].sum() > 0),
+            "n_brain": int(brain_counts[i]), "n_netc": int(counts[i, 1]), "n_edema": int(counts[i, 2]),
+            "n_et": int(counts[i, 3]), "has_tumour": bool(counts[i, 1:].sum() > 0),
         }
         for i in range(labels.shape[0])
     ]
@@ -104,16 +129,15 @@ def slice_rows(case_id: str, cohort: str, labels: np.ndarray, brain_counts: np.n
 
 def _process_case(job) -> tuple[dict, list[dict]]:
     case, raw_dir, out_dir, settings = job
+    torch.set_num_threads(1)  # cases run in parallel processes; one thread each
     channels = []
     for seq in SEQUENCES:
-        path = raw_dir / case[f"{seq}_path"]
-        data = np.asanyarray(nib.load(path).dataobj)
+        data = np.asanyarray(read_nifti(raw_dir / case[f"{seq}_path"]).dataobj)
         if data.dtype.kind == "f":
             data = data.astype(np.float32, copy=False)
         channels.append(data)
     mask = load_mask(raw_dir / case[f"{MASK}_path"])
-    images, labels, (z0, z1) = preprocess_case(channels, mask, settings)
-    brain_counts = (images != 0).any(axis=1).sum(axis=(1, 2))
+    images, labels, brain_counts, (z0, z1) = preprocess_case(channels, mask, settings)
     cid = case["case_id"]
     np.save(out_dir / image_file(cid), images)
     np.save(out_dir / label_file(cid), labels)

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny BraTS cases made by hand or by the synthetic generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tumorseg.data.brats import COHORT_FOLDER, FILE_KINDS, MASK, SEQUENCES, case_filename
+from tumorseg.data.synthetic import SyntheticSettings, write_dataset, write_nifti
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def write_case(root: Path, case_id: str, volumes: dict[str, np.ndarray], cohort: str = "glioma") -> Path:
+    """Write a case folder in BraTS-Africa naming; ``volumes`` maps kind -> array."""
+    folder = root / "BraTS-Africa" / COHORT_FOLDER[cohort] / case_id
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind, data in volumes.items():
+        write_nifti(data, AFFINE, folder / case_filename(case_id, kind))
+    return folder
+
+
+def simple_volumes(shape=(12, 10, 8), seed=0) -> dict[str, np.ndarray]:
+    """A box of 'brain' with a small tumour: valid input for every validation check."""
+    rng = np.random.default_rng(seed)
+    vols = {}
+    brain = np.zeros(shape, dtype=bool)
+    brain[2:-2, 2:-2, 2:-2] = True
+    for seq in SEQUENCES:
+        v = np.zeros(shape, dtype=np.int16)
+        v[brain] = rng.integers(100, 1000, brain.sum())
+        vols[seq] = v
+    seg = np.zeros(shape, dtype=np.uint8)
+    seg[4:6, 4:6, 3:5] = 2
+    seg[5, 5, 4] = 3
+    seg[4, 4, 3] = 1
+    vols[MASK] = seg
+    return vols
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory) -> tuple[Path, SyntheticSettings]:
+    """Four generated patients at 48 x 48 x 32 (seconds to make)."""
+    settings = SyntheticSettings(n_patients=4, shape=(48, 48, 32), seed=7)
+    root = tmp_path_factory.mktemp("synthetic")
+    write_dataset(root, settings, workers=1, progress=False)
+    return root, settings
+
+
+def nifti_kinds() -> tuple[str, ...]:
+    return FILE_KINDS
+
+
+def load(path: Path) -> np.ndarray:
+    return np.asanyarray(nib.load(path).dataobj)
