@@ -57,3 +57,18 @@ def nifti_kinds() -> tuple[str, ...]:
 
 def load(path: Path) -> np.ndarray:
     return np.asanyarray(nib.load(path).dataobj)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """download -> preprocess -> split on 8 tiny synthetic patients; returns the folder."""
+    from tumorseg.data.download import DataSettings, run_download
+    from tumorseg.data.preprocess import PreprocessSettings, run_preprocess
+    from tumorseg.data.split import SplitSettings, run_split
+
+    root = tmp_path_factory.mktemp("pipeline")
+    data = DataSettings(synthetic=SyntheticSettings(n_patients=8, shape=(48, 48, 24), seed=3), workers=1)
+    run_download(data, root / "raw", root / "manifest.parquet", root / "downloads")
+    run_preprocess(PreprocessSettings(workers=1), root / "manifest.parquet", root / "raw", root / "pre")
+    run_split(SplitSettings(fractions=(0.5, 0.25, 0.25)), root / "pre" / "slice_index.parquet", root / "split.parquet")
+    return root

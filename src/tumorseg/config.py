@@ -90,6 +90,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if len(value) != len(args):
             raise ParamsError(f"params.yaml: '{where}' must have {len(args)} items, got {list(value)}")
         return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"params.yaml: '{where}' must be a mapping, got {value!r}")
+        return dict(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ParamsError(f"params.yaml: '{where}' must be a mapping")

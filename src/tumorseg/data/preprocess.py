@@ -77,12 +77,12 @@ def normalize_channel(volume: np.ndarray, brain: np.ndarray, settings: Preproces
     x = torch.from_numpy(np.ascontiguousarray(volume)).to(torch.float32, copy=True)  # never alter the input
     if np.isfinite(lo):
         x.clamp_(lo, hi)
-    x.sub_(offset).mul_(scale)
-    if settings.normalize != "minmax" or offset != 0.0:
-        x.mul_(torch.from_numpy(brain))
+    if offset != 0.0:
+        x.sub_(offset)
+        x.mul_(torch.from_numpy(brain))  # background back to exactly 0
     if out is None:
-        return x.numpy()
-    torch.from_numpy(out).copy_(x)
+        return x.mul_(scale).numpy()
+    torch.mul(x, scale, out=torch.from_numpy(out))  # scale and cast to float16 in one pass
     return out
 
 

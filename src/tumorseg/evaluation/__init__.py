@@ -1,0 +1,1 @@
+"""Evaluation: BraTS metrics, whole-volume inference, and the cross-model report."""

@@ -1,0 +1,33 @@
+"""Whole-volume inference: batched slice predictions reassembled into the original geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tumorseg.training.data import regions_to_labels
+from tumorseg.training.device import autocast
+
+
+@torch.no_grad()
+def predict_slices(model: torch.nn.Module, images: np.ndarray, batch_size: int = 32, device: torch.device | str = "cpu",
+                   amp_dtype: torch.dtype | None = None, channels_last: bool = True) -> np.ndarray:
+    """(Z, 4, Y, X) normalised slices -> (Z, Y, X) uint8 BraTS labels (sigmoid > 0.5 per region)."""
+    device = torch.device(device)
+    model.eval()
+    out = np.zeros((images.shape[0],) + images.shape[2:], dtype=np.uint8)
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.array(images[start:start + batch_size], dtype=np.float32)).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(x)
+        out[start:start + len(x)] = regions_to_labels(logits.float() > 0).cpu().numpy()
+    return out
+
+
+def to_volume(slice_labels: np.ndarray, z_start: int, shape_xyz: tuple[int, int, int]) -> np.ndarray:
+    """(Z', Y, X) labels of the kept slices -> (X, Y, Z) volume; cropped-away slices are background."""
+    volume = np.zeros(tuple(shape_xyz)[::-1], dtype=np.uint8)  # (Z, Y, X)
+    volume[z_start:z_start + len(slice_labels)] = slice_labels
+    return volume.T  # (X, Y, Z), the NIfTI order

@@ -1,0 +1,159 @@
+"""The ``report`` stage: the three models side by side.
+
+Writes ``reports/comparison.md`` (Dice and HD95 per region next to a one-threshold FLAIR
+baseline), ``reports/training_curves.png`` (as the original's convergence slide) and
+``reports/qualitative.png`` (the same test slices for every model: MRI, truth, predictions),
+and gives the best model by test mean Dice the MLflow alias ``champion``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from tumorseg.data.slices import SliceStore, read_case_index  # noqa: E402
+from tumorseg.data.split import read_split  # noqa: E402
+from tumorseg.evaluation.evaluate import EXAMPLES_FILE, EXAMPLES_INDEX, test_cases  # noqa: E402
+from tumorseg.evaluation.inference import to_volume  # noqa: E402
+from tumorseg.evaluation.metrics import REGIONS, volume_metrics  # noqa: E402
+from tumorseg.fileio import atomic_file, sha256_file  # noqa: E402
+from tumorseg.training.checkpoint import WEIGHTS_FILE  # noqa: E402
+from tumorseg.training.tracking import MlflowSettings, set_champion  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+LABEL_COLOURS = ListedColormap([(0, 0, 0, 0), (0.95, 0.2, 0.2, 0.85), (0.2, 0.85, 0.3, 0.6), (1.0, 0.85, 0.1, 0.9)])
+LABEL_NAMES = {1: "necrotic core (1)", 2: "edema (2)", 3: "enhancing (3)"}
+FLAIR = 3  # channel of t2f in the stacked input
+
+
+def flair_threshold_baseline(store_dir: Path, split: pd.DataFrame) -> dict:
+    """WT by one threshold on normalised FLAIR, the threshold chosen on the training patients."""
+    store = SliceStore(store_dir)
+    cases = read_case_index(Path(store_dir) / "cases.parquet").set_index("case_id")
+    train_ids = sorted(split.loc[split["split"] == "train", "case_id"].unique())
+    values, truths = [], []
+    for cid in train_ids:
+        img, lab = store._images(cid)[:, FLAIR], store._labels(cid)
+        brain = img > 0
+        values.append(np.asarray(img[brain], dtype=np.float32))
+        truths.append(np.asarray(lab[brain] > 0))
+    v, t = np.concatenate(values), np.concatenate(truths)
+    thresholds = np.quantile(v, np.linspace(0.5, 0.999, 120))
+    scores = [2 * (t & (v > th)).sum() / ((v > th).sum() + t.sum()) for th in thresholds]
+    threshold = float(thresholds[int(np.argmax(scores))])
+    rows = []
+    for cid in test_cases(split):
+        case = cases.loc[cid]
+        shape = (int(case["nx"]), int(case["ny"]), int(case["nz"]))
+        pred = to_volume((np.asarray(store._images(cid)[:, FLAIR]) > threshold).astype(np.uint8) * 2, int(case["z_start"]), shape)
+        truth = to_volume(np.asarray(store._labels(cid)), int(case["z_start"]), shape)
+        spacing = (float(case["spacing_x"]), float(case["spacing_y"]), float(case["spacing_z"]))
+        m = volume_metrics(pred, truth, spacing)
+        rows.append({"dice_WT": m["dice_WT"], "hd95_WT": m["hd95_WT"]})
+    df = pd.DataFrame(rows)
+    return {"threshold": round(threshold, 4), "dice_WT": round(float(df["dice_WT"].mean()), 4), "hd95_WT": round(float(df["hd95_WT"].mean()), 2)}
+
+
+def comparison_table(metrics: dict[str, dict], baseline: dict) -> str:
+    header = "| model | Dice WT | Dice TC | Dice ET | Dice mean | HD95 WT (mm) | HD95 TC | HD95 ET | slice-level WT Dice (original's measure) | s / volume |"
+    lines = [header, "|" + "---|" * 10]
+    for name, m in metrics.items():
+        lines.append(f"| {name} | {m['dice_WT']:.3f} | {m['dice_TC']:.3f} | {m['dice_ET']:.3f} | **{m['dice_mean']:.3f}** | "
+                     f"{m['hd95_WT']:.1f} | {m['hd95_TC']:.1f} | {m['hd95_ET']:.1f} | {m['slice_dice_WT']:.3f} | {m['seconds_per_volume']:.2f} |")
+    lines.append(f"| FLAIR > {baseline['threshold']:.3f} (one threshold) | {baseline['dice_WT']:.3f} | - | - | - | {baseline['hd95_WT']:.1f} | - | - | - | - |")
+    return "\n".join(lines)
+
+
+def training_curves_figure(histories: dict[str, pd.DataFrame]):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, h in histories.items():
+        axes[0].plot(h["epoch"], h["train_loss"], marker="o", label=f"{name} train")
+        axes[0].plot(h["epoch"], h["val_loss"], marker="o", linestyle="--", label=f"{name} val")
+        axes[1].plot(h["epoch"], h["val_dice_mean"], marker="o", label=name)
+    axes[0].set(xlabel="epoch", ylabel="BCE + soft Dice loss", title="Training and validation loss")
+    axes[1].set(xlabel="epoch", ylabel="validation mean Dice (WT, TC, ET)", title="Validation Dice", ylim=(0, 1))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def qualitative_figure(store_dir: Path, examples: list[dict], predictions: dict[str, np.ndarray]):
+    store = SliceStore(store_dir)
+    cols = 2 + len(predictions)
+    fig, axes = plt.subplots(len(examples), cols, figsize=(2.6 * cols, 2.7 * len(examples)), squeeze=False)
+    for i, ex in enumerate(examples):
+        image = np.asarray(store.image(ex["case_id"], ex["row"]), dtype=np.float32)
+        truth = np.asarray(store.label(ex["case_id"], ex["row"]))
+        panels = [("FLAIR", None), ("ground truth", truth)] + [(name, pred[i]) for name, pred in predictions.items()]
+        for j, (title, labels) in enumerate(panels):
+            ax = axes[i, j]
+            ax.imshow(image[FLAIR], cmap="gray", origin="lower")
+            if labels is not None:
+                ax.imshow(labels, cmap=LABEL_COLOURS, vmin=0, vmax=3, interpolation="nearest", origin="lower")
+            ax.set_title(title if i == 0 else "", fontsize=10)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i, 0].set_ylabel(f"{ex['case_id'][10:15]} row {ex['row']}", fontsize=8)
+    fig.legend(handles=[Patch(color=LABEL_COLOURS(k), label=v) for k, v in LABEL_NAMES.items()], loc="lower center", ncol=3, fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def _save_png(fig, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+
+
+def run_report(models: list[str], metrics_dir: Path, models_dir: Path, evaluation_dir: Path, store_dir: Path,
+               split_path: Path, reports_dir: Path, mlflow_settings: MlflowSettings) -> dict:
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {m: json.loads((Path(metrics_dir) / f"{m}.json").read_text()) for m in models}
+    split = read_split(split_path)
+    baseline = flair_threshold_baseline(store_dir, split)
+    best = max(models, key=lambda m: metrics[m]["dice_mean"])
+    table = comparison_table(metrics, baseline)
+    text = (f"# Model comparison on the test patients\n\n{table}\n\n"
+            f"Best by test mean Dice: **{best}** (MLflow alias `champion` on `tumorseg-{best}`).\n\n"
+            "Dice and HD95 are per-patient 3D means (BraTS conventions for empty masks); the slice-level WT Dice is the "
+            "original project's measure (mean over test slices with tumour), shown for comparison only.\n\n"
+            "![training curves](training_curves.png)\n\n![qualitative](qualitative.png)\n")
+    with atomic_file(reports_dir / "comparison.md") as tmp:
+        tmp.write_text(text)
+    histories = {m: pd.read_csv(Path(models_dir) / m / "history.csv") for m in models}
+    _save_png(training_curves_figure(histories), reports_dir / "training_curves.png")
+    examples = json.loads((Path(evaluation_dir) / models[0] / EXAMPLES_INDEX).read_text())
+    predictions = {m: np.load(Path(evaluation_dir) / m / EXAMPLES_FILE) for m in models}
+    _save_png(qualitative_figure(store_dir, examples, predictions), reports_dir / "qualitative.png")
+    champion = set_champion(mlflow_settings, best, sha256_file(Path(models_dir) / best / WEIGHTS_FILE))
+    log.info("report -> %s; best model %s (%s)", reports_dir, best, champion or "MLflow alias not set")
+    print(table)
+    return {"best": best, "metrics": metrics, "baseline": baseline}
+
+
+def main(params_path: str | Path = "params.yaml") -> dict:
+    """Stage entry point for ``report``."""
+    from tumorseg import paths
+    from tumorseg.config import from_mapping, read_params
+    from tumorseg.logs import setup_logging
+    from tumorseg.models import MODEL_NAMES
+
+    setup_logging()
+    params = read_params(params_path)
+    models = [m for m in MODEL_NAMES if m in (params.get("models") or {})]
+    return run_report(models, paths.METRICS_DIR, paths.MODELS_DIR, paths.EVALUATION_DIR, paths.PREPROCESSED_DIR,
+                      paths.SPLIT, paths.REPORTS_DIR, from_mapping(MlflowSettings, params.get("mlflow"), "mlflow"))

@@ -1,0 +1,1 @@
+"""Training: slice sampling and augmentation, losses, the resumable loop, MLflow tracking."""

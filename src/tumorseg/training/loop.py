@@ -1,0 +1,281 @@
+"""The training loop: seeded, resumable, validated every epoch, tracked in MLflow.
+
+Randomness is derived from (seed, epoch) at the start of every epoch rather than carried in a
+running generator, so a training resumed from its last checkpoint draws the same samples and
+augmentations as an uninterrupted one and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from tumorseg.data.slices import read_slice_index
+from tumorseg.data.split import read_split
+from tumorseg.fileio import atomic_file, sha256_file
+from tumorseg.models import build_model, count_parameters
+from tumorseg.training import checkpoint
+from tumorseg.training.data import REGION_NAMES, SliceBank, augment, epoch_indices, labels_to_regions, load_bank
+from tumorseg.training.device import autocast, configure_determinism, pick_amp_dtype, pick_device
+from tumorseg.training.losses import segmentation_loss
+from tumorseg.training.settings import ModelSettings, TrainSettings
+from tumorseg.training.tracking import TAG_DATA, TAG_WEIGHTS, MlflowSettings, TrainingRun
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.csv"
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET", "val_dice_mean")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stops instead of saving garbage."""
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, schedule: str) -> float:
+    if warmup_steps and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def split_slices(store_dir: Path, split_path: Path) -> dict[str, pd.DataFrame]:
+    index = read_slice_index(Path(store_dir) / "slice_index.parquet")
+    split = read_split(split_path)
+    merged = index.merge(split[["case_id", "slice", "split"]], on=["case_id", "slice"], how="inner", validate="one_to_one")
+    if len(merged) != len(index):
+        raise ValueError(f"{split_path} does not match {store_dir}: rerun `dvc repro split`")
+    return {name: merged[merged["split"] == name] for name in ("train", "val", "test")}
+
+
+@torch.no_grad()
+def validate(model, bank: SliceBank, batch_size: int, device, amp_dtype, channels_last: bool, bce_weight=1.0, dice_weight=1.0) -> dict[str, float]:
+    """Loss and Dice per region over the whole validation set (voxels pooled over slices)."""
+    model.eval()
+    inter = torch.zeros(3, dtype=torch.float64)
+    total = torch.zeros(3, dtype=torch.float64)
+    loss_sum, n = 0.0, 0
+    for start in range(0, len(bank), batch_size):
+        x = bank.images[start:start + batch_size].to(device).float()
+        y = labels_to_regions(bank.labels[start:start + batch_size].to(device))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(x)
+        loss_sum += float(segmentation_loss(logits, y, bce_weight, dice_weight)) * len(x)
+        n += len(x)
+        pred = logits.float() > 0
+        inter += (pred & (y > 0)).sum((0, 2, 3)).double().cpu()
+        total += (pred.sum((0, 2, 3)) + y.sum((0, 2, 3))).double().cpu()
+    dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones(3, dtype=torch.float64))
+    out = {"val_loss": loss_sum / max(n, 1)}
+    out.update({f"val_dice_{r}": float(d) for r, d in zip(REGION_NAMES, dice)})
+    out["val_dice_mean"] = float(dice.mean())
+    return out
+
+
+def _history_csv(history: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for rec in history:
+        writer.writerow({k: (f"{rec[k]:.6g}" if isinstance(rec[k], float) else rec[k]) for k in HISTORY_COLUMNS})
+    return buf.getvalue()
+
+
+def loss_figure(history: list[dict], model_name: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
+    ax1.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
+    ax1.set(xlabel="epoch", ylabel="BCE + soft Dice loss", title=f"{model_name}: loss")
+    ax1.legend()
+    for region in REGION_NAMES:
+        ax2.plot(epochs, [h[f"val_dice_{region}"] for h in history], marker="o", label=region)
+    ax2.set(xlabel="epoch", ylabel="validation Dice", title=f"{model_name}: validation Dice", ylim=(0, 1))
+    ax2.legend()
+    fig.tight_layout()
+    return fig
+
+
+def train_model(
+    name: str,
+    train: TrainSettings,
+    model_cfg: ModelSettings,
+    store_dir: Path,
+    split_path: Path,
+    out_dir: Path,
+    checkpoint_dir: Path,
+    mlflow_settings: MlflowSettings | None = None,
+    preprocess_config: dict | None = None,
+    manifest_path: Path | None = None,
+) -> dict:
+    """Train ``name`` and write ``out_dir/{model.safetensors, model.json, history.csv}``."""
+    device = pick_device(train.device)
+    amp_dtype = pick_amp_dtype(train.amp, device)
+    configure_determinism(train.deterministic, device)
+    if train.num_threads:
+        torch.set_num_threads(train.num_threads)
+    torch.manual_seed(train.seed)
+    epochs = model_cfg.epochs or train.epochs
+
+    subsets = split_slices(store_dir, split_path)
+    train_rows = subsets["train"]
+    if train.tumour_slices_only:
+        train_rows = train_rows[train_rows["has_tumour"]]
+    val_rows = subsets["val"].sort_values(["case_id", "slice"])
+    if train.max_val_slices and len(val_rows) > train.max_val_slices:
+        val_rows = val_rows.iloc[np.linspace(0, len(val_rows) - 1, train.max_val_slices).round().astype(int)]
+    if train_rows.empty or val_rows.empty:
+        raise ValueError(f"{split_path}: the train or val subset is empty; check split.fractions")
+    train_bank = load_bank(store_dir, train_rows).to(device)
+    val_bank = load_bank(store_dir, val_rows).to(device)
+
+    model = build_model(name, **model_cfg.arch).to(device)
+    if train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=model_cfg.lr, weight_decay=train.weight_decay)
+    n_samples = train.samples_per_epoch or len(train_bank)
+    steps_per_epoch = max(1, n_samples // model_cfg.batch_size)
+    total_steps = steps_per_epoch * epochs
+
+    split_sha = sha256_file(split_path)
+    fp = checkpoint.fingerprint(name, asdict(train), asdict(model_cfg), split_sha,
+                                sha256_file(Path(store_dir) / "slice_index.parquet"), torch.__version__)
+    state = checkpoint.load_resume_state(checkpoint_dir, fp)
+    history: list[dict] = []
+    best = {"score": -1.0, "epoch": -1, "state": None}
+    bad_epochs, start_epoch = 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, best, bad_epochs, start_epoch = state["history"], state["best"], state["bad_epochs"], state["epoch"] + 1
+        log.info("resuming %s from %s after epoch %d", name, Path(checkpoint_dir) / checkpoint.RESUME_FILE, state["epoch"])
+
+    params = {"model": name, "train": asdict(train), "models": {name: asdict(model_cfg)}, "device": str(device),
+              "amp": str(amp_dtype), "torch": torch.__version__, "parameters": count_parameters(model),
+              "train_slices": len(train_bank), "val_slices": len(val_bank)}
+    tags = {TAG_DATA: sha256_file(manifest_path) if manifest_path and Path(manifest_path).is_file() else "unknown"}
+    run = TrainingRun(mlflow_settings or MlflowSettings(enabled=False), name, params, tags)
+    if state is not None:
+        for rec in history:  # a resumed run re-logs the epochs it inherited, so its curves are whole
+            run.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=rec["epoch"])
+    log.info("training %s: %d params, device %s, autocast %s, %d train / %d val slices, %d epochs x %d steps of %d",
+             name, count_parameters(model), device, amp_dtype, len(train_bank), len(val_bank), epochs, steps_per_epoch, model_cfg.batch_size)
+    try:
+        for epoch in range(start_epoch, epochs):
+            generator = torch.Generator().manual_seed(train.seed * 100_003 + epoch)
+            torch.manual_seed(train.seed + epoch)  # dropout and any other global randomness
+            indices = epoch_indices(train_bank, steps_per_epoch * model_cfg.batch_size, train.foreground_fraction, generator)
+            model.train()
+            t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+            bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{epochs}", unit="step", dynamic_ncols=True, leave=False)
+            for step in bar:
+                lr = lr_at(epoch * steps_per_epoch + step, total_steps, train.warmup_epochs * steps_per_epoch, model_cfg.lr, train.lr_schedule)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                b = indices[step * model_cfg.batch_size:(step + 1) * model_cfg.batch_size].to(train_bank.labels.device)
+                x = train_bank.images[b].float()
+                y = labels_to_regions(train_bank.labels[b])
+                x, y = augment(x, y, train.augment, generator)
+                if train.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(device, amp_dtype):
+                    logits = model(x)
+                loss = segmentation_loss(logits, y, train.bce_weight, train.dice_weight)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"{name}: loss is {float(loss)} at epoch {epoch + 1}, step {step + 1}; "
+                                             f"lower models.{name}.lr or check the input data")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                seen += len(b)
+                loss_sum += float(loss.detach()) * len(b)
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", slices_per_s=f"{seen / (time.perf_counter() - t0):.1f}")
+            bar.close()
+            train_seconds = time.perf_counter() - t0
+            val = validate(model, val_bank, train.eval_batch_size, device, amp_dtype, train.channels_last, train.bce_weight, train.dice_weight)
+            record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1), **val}
+            history.append(record)
+            run.log_metrics({k: v for k, v in record.items() if k != "epoch"} | {"slices_per_s": seen / train_seconds,
+                            "epoch_seconds": time.perf_counter() - t0}, step=epoch + 1)
+            improved = val["val_dice_mean"] > best["score"]
+            if improved:
+                best = {"score": val["val_dice_mean"], "epoch": epoch + 1,
+                        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            log.info("%s epoch %d/%d: train loss %.4f, val loss %.4f, val Dice WT %.3f TC %.3f ET %.3f (mean %.3f)%s, %.1f slices/s",
+                     name, epoch + 1, epochs, record["train_loss"], val["val_loss"], val["val_dice_WT"], val["val_dice_TC"],
+                     val["val_dice_ET"], val["val_dice_mean"], " *best*" if improved else "", seen / train_seconds)
+            checkpoint.save_resume_state(checkpoint_dir, {
+                "fingerprint": fp, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "history": history, "best": best, "bad_epochs": bad_epochs,
+            })
+            if train.patience and bad_epochs >= train.patience:
+                log.info("%s: early stop after epoch %d (no validation improvement for %d epochs)", name, epoch + 1, bad_epochs)
+                break
+    except BaseException:
+        run.end(status="KILLED")
+        raise
+
+    config = {"model": name, "arch": dict(model_cfg.arch), "in_channels": ["t1n", "t1c", "t2w", "t2f"],
+              "regions": list(REGION_NAMES), "preprocess": preprocess_config or {}, "best_epoch": best["epoch"],
+              "best_val_dice_mean": round(best["score"], 6), "epochs_run": len(history)}
+    checkpoint.save_model(out_dir, best["state"], config)
+    with atomic_file(Path(out_dir) / HISTORY_FILE) as tmp:
+        tmp.write_text(_history_csv(history))
+    weights_sha = sha256_file(Path(out_dir) / checkpoint.WEIGHTS_FILE)
+    run.set_tags({TAG_WEIGHTS: weights_sha})
+    run.log_metrics({"best_val_dice_mean": best["score"], "best_epoch": best["epoch"]})
+    if run.run:
+        import matplotlib.pyplot as plt
+
+        fig = loss_figure(history, name)
+        run.log_figure(fig, "loss_curves.png")
+        plt.close(fig)
+        model.load_state_dict(best["state"])
+        example = train_bank.images[:1].float().cpu().numpy()
+        run.log_model(copy.deepcopy(model).float().to(memory_format=torch.contiguous_format), example)
+    run.end()
+    checkpoint.clear_resume_state(checkpoint_dir)
+    return config
+
+
+def main(model: str, params_path: str | Path = "params.yaml") -> dict:
+    """Stage entry point for ``train@<model>``: params ``train``, ``models.<model>``, ``mlflow``."""
+    from tumorseg import paths
+    from tumorseg.config import ParamsError, from_mapping, read_params
+    from tumorseg.logs import setup_logging
+
+    setup_logging()
+    params = read_params(params_path)
+    models = params.get("models") or {}
+    if model not in models:
+        raise ParamsError(f"params.yaml: no 'models.{model}' block; models defined: {sorted(models)}")
+    return train_model(
+        model,
+        from_mapping(TrainSettings, params.get("train"), "train"),
+        from_mapping(ModelSettings, models[model], f"models.{model}"),
+        paths.PREPROCESSED_DIR, paths.SPLIT, paths.MODELS_DIR / model, paths.CHECKPOINTS_DIR / model,
+        from_mapping(MlflowSettings, params.get("mlflow"), "mlflow"),
+        preprocess_config=params.get("preprocess"), manifest_path=paths.MANIFEST,
+    )

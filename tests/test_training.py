@@ -1,0 +1,108 @@
+"""The training loop: learns, is repeatable, resumes exactly, and refuses a non-finite loss."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tumorseg.training import checkpoint
+from tumorseg.training.data import augment, labels_to_regions, regions_to_labels
+from tumorseg.training.loop import HISTORY_COLUMNS, NonFiniteLossError, lr_at, train_model
+from tumorseg.training.settings import AugmentSettings, ModelSettings, TrainSettings
+
+TRAIN = TrainSettings(epochs=3, samples_per_epoch=32, patience=0, device="cpu", seed=1, eval_batch_size=16)
+UNET = ModelSettings(lr=3e-3, batch_size=8, arch={"base_channels": 8, "depth": 2})
+
+
+def _train(root, tag, train=TRAIN, model=UNET):
+    return train_model("unet", train, model, root / "pre", root / "split.parquet", root / tag / "model", root / tag / "ckpt")
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_regions_round_trip():
+    labels = torch.tensor([[[0, 1, 2, 3]]], dtype=torch.uint8)
+    regions = labels_to_regions(labels)
+    assert regions[0, :, 0].tolist() == [[0, 1, 1, 1], [0, 1, 0, 1], [0, 0, 0, 1]]  # WT, TC, ET
+    assert torch.equal(regions_to_labels(regions > 0), labels)
+
+
+def test_augment_keeps_images_and_targets_aligned():
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(4, 4, 32, 32)
+    x[:, :, 8:20, 10:22] = 1.0
+    y = (x[:, :3] > 0).float()
+    xa, ya = augment(x, y, AugmentSettings(rotate_deg=15, spatial_p=1.0, intensity=0.0), g)
+    overlap = ((xa[:, 0] > 0.5) == (ya[:, 0] > 0.5)).float().mean()
+    assert overlap > 0.97 and not torch.equal(xa, x)
+    assert set(torch.unique(ya).tolist()) <= {0.0, 1.0}
+
+
+def test_lr_schedule():
+    assert lr_at(0, 100, 0, 1.0, "cosine") == pytest.approx(1.0)
+    assert lr_at(50, 100, 0, 1.0, "cosine") == pytest.approx(0.5)
+    assert lr_at(0, 100, 10, 1.0, "constant") == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_training_learns_is_repeatable_and_writes_outputs(tiny_pipeline):
+    root = tiny_pipeline
+    config = _train(root, "a")
+    out = root / "a" / "model"
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns) == list(HISTORY_COLUMNS) and history["epoch"].tolist() == [1, 2, 3]
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    assert config["best_epoch"] == int(history["val_dice_mean"].idxmax()) + 1
+    assert not (root / "a" / "ckpt" / checkpoint.RESUME_FILE).exists(), "resume state removed after success"
+    model, cfg = checkpoint.load_model(out)
+    assert cfg["model"] == "unet" and not model.training
+    _train(root, "b")
+    assert _sha(out / "model.safetensors") == _sha(root / "b" / "model" / "model.safetensors"), "deterministic CPU training"
+    assert (out / "history.csv").read_text() == (root / "b" / "model" / "history.csv").read_text()
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_to_the_same_result(tiny_pipeline, monkeypatch):
+    root = tiny_pipeline
+    _train(root, "full")
+    import tumorseg.training.loop as loop
+
+    real_validate = loop.validate
+    calls = {"n": 0}
+
+    def killed_after_two_epochs(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill during epoch 3")
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "validate", killed_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        _train(root, "killed")
+    assert (root / "killed" / "ckpt" / checkpoint.RESUME_FILE).is_file()
+    assert not (root / "killed" / "model" / "model.safetensors").exists()
+    monkeypatch.setattr(loop, "validate", real_validate)
+    _train(root, "killed")  # the next run resumes from epoch 2
+    assert _sha(root / "killed" / "model" / "model.safetensors") == _sha(root / "full" / "model" / "model.safetensors")
+    assert (root / "killed" / "model" / "history.csv").read_text() == (root / "full" / "model" / "history.csv").read_text()
+
+
+def test_stale_checkpoint_is_ignored(tmp_path):
+    checkpoint.save_resume_state(tmp_path, {"fingerprint": "old", "epoch": 3})
+    assert checkpoint.load_resume_state(tmp_path, "new") is None
+    assert checkpoint.load_resume_state(tmp_path, "old")["epoch"] == 3
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(tiny_pipeline, monkeypatch):
+    import tumorseg.training.loop as loop
+
+    monkeypatch.setattr(loop, "segmentation_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 1, step 1"):
+        _train(tiny_pipeline, "nan", train=TrainSettings(epochs=1, samples_per_epoch=16, device="cpu"))
+    assert not (tiny_pipeline / "nan" / "model" / "model.safetensors").exists()
