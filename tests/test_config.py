@@ -15,7 +15,7 @@ from tumorseg.data.split import SplitSettings
 def test_repository_params_parse():
     params = read_params(REPO_ROOT / "params.yaml")
     data = from_mapping(DataSettings, params["data"], "data")
-    assert data.source == "synthetic" and data.synthetic.shape == (128, 128, 80)
+    assert data.source == "synthetic" and data.synthetic.shape == (96, 96, 64)
     from_mapping(PreprocessSettings, params["preprocess"], "preprocess")
     assert from_mapping(SplitSettings, params["split"], "split").fractions == (0.7, 0.15, 0.15)
 

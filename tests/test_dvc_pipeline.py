@@ -30,12 +30,17 @@ def _module_file(name: str) -> Path | None:
 def _imports(path: Path) -> set[Path]:
     """tumorseg modules a file imports (anywhere in it, lazy imports included)."""
     found = set()
+    package = ".".join(path.relative_to(SRC).with_suffix("").parts[:-1]) if path.is_relative_to(SRC) else ""
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from .blocks import X
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
         for name in names:
             if name.split(".")[0] != "tumorseg":
                 continue
@@ -59,12 +64,25 @@ def dvc_stages() -> dict:
     return yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 
 
-@pytest.mark.parametrize("stage", ["download", "preprocess", "split"])
+@pytest.mark.parametrize("stage", ["download", "preprocess", "split", "report"])
 def test_stage_deps_are_exactly_the_code_it_runs(stage):
     spec = dvc_stages()[stage]
     script = REPO_ROOT / spec["cmd"].split()[-1]
     listed = {d for d in spec["deps"] if d.endswith(".py")}
     assert listed == code_closure(script)
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+@pytest.mark.parametrize("model", ["unet", "resnet_unet", "transunet"])
+def test_model_stage_deps_are_its_own_model_module_and_shared_code(stage, model):
+    """Editing one model's module reruns only that model's stages (and the report)."""
+    spec = dvc_stages()[stage]["do"]
+    script = REPO_ROOT / spec["cmd"].split()[1]
+    listed = {d.replace("${key}", model) for d in spec["deps"] if d.endswith(".py")}
+    model_module = REPO_ROOT / "src" / "tumorseg" / "models" / f"{model}.py"  # imported by name in build_model
+    assert listed == code_closure(script) | code_closure(model_module)
+    others = {f"src/tumorseg/models/{m}.py" for m in ("unet", "resnet_unet", "transunet") if m != model}
+    assert not listed & others
 
 
 def test_dvc_yaml_paths_match_the_library():

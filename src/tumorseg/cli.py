@@ -52,6 +52,38 @@ def split(params: Path = ParamsOption) -> None:
     typer.echo(f"split: {counts} -> {paths.SPLIT}")
 
 
+ModelArgument = typer.Argument(..., help="unet | resnet_unet | transunet")
+
+
+@app.command()
+def train(model: str = ModelArgument, params: Path = ParamsOption) -> None:
+    """Train one model on the patient-level split (params: train, models.<model>, mlflow) and log it
+    to MLflow; writes models/<model>/. A killed training resumes from checkpoints/<model>/."""
+    from tumorseg.training.loop import main
+
+    config = main(model, params)
+    typer.echo(f"{model}: best validation mean Dice {config['best_val_dice_mean']:.4f} at epoch {config['best_epoch']} -> {paths.MODELS_DIR / model}")
+
+
+@app.command()
+def evaluate(model: str = ModelArgument, params: Path = ParamsOption) -> None:
+    """Score a trained model on every test patient in 3D (Dice, HD95, sensitivity, specificity per region)
+    -> metrics/<model>.json and evaluation/<model>/."""
+    from tumorseg.evaluation.evaluate import main
+
+    metrics = main(model, params)
+    typer.echo(" ".join(f"{k}={v}" for k, v in metrics.items()))
+
+
+@app.command()
+def report(params: Path = ParamsOption) -> None:
+    """Compare the trained models side by side -> reports/ (table, training curves, qualitative figure);
+    the best gets the MLflow alias 'champion'."""
+    from tumorseg.evaluation.report import main
+
+    main(params)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
