@@ -130,7 +130,7 @@ def test_dvc_repro_runs_and_second_run_is_a_noop(tmp_path):
     assert (repo / "data" / "split.parquet").is_file()
     again = _run(dvc + ["repro", "split"], repo, env)
     assert "Running stage" not in again and "Data and pipelines are up to date" in again
-    status = _run(dvc + ["status"], repo, env)
+    status = _run(dvc + ["status", "split"], repo, env)
     assert "up to date" in status
     # changing one split param reruns split only
     params["split"]["seed"] = 7
