@@ -1,0 +1,65 @@
+"""Acceptance benchmark for the embedded default (issue 4), as a script, not a timed test.
+
+Clones the repository into a temporary folder (committed state only), runs `dvc repro` there from
+nothing, times it, times a second (no-op) `dvc repro`, and checks the test metrics against the
+targets: every model WT Dice >= 0.85, the best >= 0.90, all well above the one-threshold FLAIR
+baseline; full run <= 10 min, no-op <= 5 s. Writes a markdown summary.
+
+    python bench/acceptance.py --out bench/results/acceptance.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ("unet", "resnet_unet", "transunet")
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        clone = Path(tmp) / "clone"
+        subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                   MLFLOW_TRACKING_URI=f"sqlite:///{Path(tmp) / 'mlflow.db'}")
+        full = run([sys.executable, "-m", "dvc", "repro"], clone, env)
+        noop = run([sys.executable, "-m", "dvc", "repro"], clone, env)
+        metrics = {m: json.loads((clone / "metrics" / f"{m}.json").read_text()) for m in MODELS}
+        table = (clone / "reports" / "comparison.md").read_text().split("\n\n")[1]
+    wt = {m: metrics[m]["dice_WT"] for m in MODELS}
+    checks = [
+        (f"full `dvc repro` from a clean clone: {full / 60:.1f} min", full <= 600),
+        (f"no-op `dvc repro`: {noop:.1f} s", noop <= 5),
+        ("every model WT Dice >= 0.85: " + ", ".join(f"{m} {v:.3f}" for m, v in wt.items()), min(wt.values()) >= 0.85),
+        (f"best WT Dice >= 0.90: {max(wt.values()):.3f}", max(wt.values()) >= 0.90),
+    ]
+    lines = [f"`python bench/acceptance.py` on {platform.machine()}, {os.cpu_count()} CPUs", "", table, ""]
+    lines += [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in checks]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
