@@ -118,6 +118,7 @@ def measure_side_by_side(
     runners = {name: Runner(model, x, mode) for name, model in models.items()}
     rates: dict[str, list[float]] = {name: [] for name in models}
     for phase in ("infer", "train"):
+        other = OtherLoad()
         for _ in range(warmup):
             for runner in runners.values():
                 getattr(runner, phase)()
@@ -130,13 +131,38 @@ def measure_side_by_side(
         for name in models:
             rates[name].append(x.shape[0] / statistics.median(times[name]))
         print(
-            f"# {mode} {phase}: " + ", ".join(f"{n} {r[-1]:.2f} img/s" for n, r in rates.items()),
+            f"# {mode} {phase}: " + ", ".join(f"{n} {r[-1]:.2f} img/s" for n, r in rates.items())
+            + f" (other processes: {other.fraction():.0%} of the CPU)",
             file=sys.stderr,
             flush=True,
         )
     for runner in runners.values():
         runner.close()
     return {name: (r[0], r[1]) for name, r in rates.items()}
+
+
+class OtherLoad:
+    """CPU time used by *other* processes while the benchmark runs (from /proc/stat minus our own
+    CPU time), as a fraction of the machine: the honest caveat for a shared machine."""
+
+    def __init__(self):
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+            ticks = [int(v) for v in fields]
+            busy = sum(ticks[:3]) + sum(ticks[5:8])  # user nice system (idle iowait) irq softirq steal
+            busy_s = busy / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            busy_s = float("nan")
+        own = os.times()
+        return time.perf_counter(), busy_s, own.user + own.system
+
+    def fraction(self) -> float:
+        (t0, busy0, own0), (t1, busy1, own1) = self.start, self._sample()
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / ((t1 - t0) * (os.cpu_count() or 1))
 
 
 def cpu_model() -> str:
@@ -178,12 +204,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = {
         name: [name, f"{count_parameters(m) / 1e6:.1f}", gflops_cell(m, x)] for name, m in built.items()
     }
-    load_before = os.getloadavg()[0]
+    other = OtherLoad()
     started = time.perf_counter()
     for mode in modes:
         for name, (inf, train) in measure_side_by_side(built, x, mode, args.warmup, args.repeats).items():
             rows[name] += [f"{inf:.2f}", f"{train:.2f}"]
-    load_after = os.getloadavg()[0]
+    other_share = other.fraction()
 
     header = ["model", "params (M)", "fwd GFLOPs/img"]
     for mode in modes:
@@ -203,8 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         "torch.utils.flop_counter (a multiply-add = 2 FLOPs); \"(x plain)\": the same model computed the "
         "textbook way; ours computes nearest-upsample + 3x3 conv exactly with 4/9 of the multiply-adds "
         "(tumorseg.models.blocks.upsample2x_conv3x3). Models take turns step by step. "
-        f"Load average (1 min) before/after: {load_before:.2f}/{load_after:.2f}; "
-        f"{time.perf_counter() - started:.0f} s.",
+        f"Other processes used {other_share:.0%} of the CPU during the {time.perf_counter() - started:.0f} s "
+        "of timing (0% = an undisturbed run).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
