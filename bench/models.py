@@ -131,7 +131,8 @@ def measure_side_by_side(
         for name in models:
             rates[name].append(x.shape[0] / statistics.median(times[name]))
         print(
-            f"# {mode} {phase}: " + ", ".join(f"{n} {r[-1]:.2f} img/s" for n, r in rates.items())
+            f"# {mode} {phase}: "
+            + ", ".join(f"{n} {r[-1]:.2f} img/s" for n, r in rates.items())
             + f" (other processes: {other.fraction():.0%} of the CPU)",
             file=sys.stderr,
             flush=True,
@@ -201,9 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randn(args.batch, 4, args.size, args.size)
 
     built = {name: make_model(name) for name in names}
-    rows = {
-        name: [name, f"{count_parameters(m) / 1e6:.1f}", gflops_cell(m, x)] for name, m in built.items()
-    }
+    rows = {name: [name, f"{count_parameters(m) / 1e6:.1f}", gflops_cell(m, x)] for name, m in built.items()}
     other = OtherLoad()
     started = time.perf_counter()
     for mode in modes:
@@ -226,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Rates in images/s: median of {args.repeats} timed steps after {args.warmup} warm-up; train = forward + "
         "backward + Adam step; CL = channels_last; bf16 = torch.autocast(cpu, bfloat16). GFLOPs from "
-        "torch.utils.flop_counter (a multiply-add = 2 FLOPs); \"(x plain)\": the same model computed the "
+        'torch.utils.flop_counter (a multiply-add = 2 FLOPs); "(x plain)": the same model computed the '
         "textbook way; ours computes nearest-upsample + 3x3 conv exactly with 4/9 of the multiply-adds "
         "(tumorseg.models.blocks.upsample2x_conv3x3). Models take turns step by step. "
         f"Other processes used {other_share:.0%} of the CPU during the {time.perf_counter() - started:.0f} s "
