@@ -45,12 +45,16 @@ def main() -> None:
         noop = run([sys.executable, "-m", "dvc", "repro"], clone, env)
         metrics = {m: json.loads((clone / "metrics" / f"{m}.json").read_text()) for m in MODELS}
         table = (clone / "reports" / "comparison.md").read_text().split("\n\n")[1]
+        baseline_row = next(line for line in table.splitlines() if line.startswith("| FLAIR"))
+        baseline = float(baseline_row.split("|")[2])
     wt = {m: metrics[m]["dice_WT"] for m in MODELS}
     checks = [
         (f"full `dvc repro` from a clean clone: {full / 60:.1f} min", full <= 600),
         (f"no-op `dvc repro`: {noop:.1f} s", noop <= 5),
         ("every model WT Dice >= 0.85: " + ", ".join(f"{m} {v:.3f}" for m, v in wt.items()), min(wt.values()) >= 0.85),
         (f"best WT Dice >= 0.90: {max(wt.values()):.3f}", max(wt.values()) >= 0.90),
+        (f"every model beats the one-threshold FLAIR baseline (WT {baseline:.3f}) by >= 0.15 WT Dice: "
+         + ", ".join(f"{m} +{v - baseline:.3f}" for m, v in wt.items()), min(wt.values()) - baseline >= 0.15),
     ]
     lines = [f"`python bench/acceptance.py` on {platform.machine()}, {os.cpu_count()} CPUs", "", table, ""]
     lines += [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in checks]

@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from safetensors.torch import save_file
 
 from tumorseg.models import (
@@ -109,6 +110,21 @@ def test_output_shape_and_raw_logits(name, size):
     assert y.dtype == torch.float32 and torch.isfinite(y).all()
     # Raw logits: no sigmoid/softmax inside forward() (those would never be negative).
     assert (y < 0).any()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_output_prior_sets_the_starting_tumour_probability(name):
+    """A fresh model predicts ~1% tumour (the prior), not 50%: the reason a short training converges."""
+    x = torch.randn(2, 4, 64, 64)
+    with torch.no_grad():
+        p_default = torch.sigmoid(small(name).eval()(x))
+        p_custom = torch.sigmoid(small(name, output_prior=0.2).eval()(x))
+        p_off = torch.sigmoid(small(name, output_prior=None).eval()(x))
+    assert abs(float(p_default.mean()) - 0.01) < 0.005
+    assert abs(float(p_custom.mean()) - 0.2) < 0.05
+    assert float(p_off.mean()) > 0.1  # PyTorch's own init: around one half
+    with pytest.raises(ValueError, match="output_prior"):
+        small(name, output_prior=1.5)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -305,6 +321,10 @@ def test_transunet_position_embeddings_resized():
     assert model.grid_size == (15, 15) and model.pos_embed.shape == (1, 225, 64)
     assert model.position_embedding((15, 15)) is model.pos_embed
     assert model.position_embedding((7, 9)).shape == (1, 63, 64)
+    # the same numbers as timm's interpolation, as a matrix whose backward is deterministic
+    with torch.no_grad():
+        expected = resample_abs_pos_embed(model.pos_embed, new_size=[7, 9], old_size=[15, 15], num_prefix_tokens=0)
+        assert torch.allclose(model.position_embedding((7, 9)), expected, atol=1e-5)
 
 
 # ---------------------------------------------------------------- sizes

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tumorseg.training import checkpoint
-from tumorseg.training.data import augment, labels_to_regions, regions_to_labels
+from tumorseg.training.data import SliceBank, augment, epoch_indices, labels_to_regions, random_patches, regions_to_labels
 from tumorseg.training.loop import HISTORY_COLUMNS, NonFiniteLossError, lr_at, train_model
 from tumorseg.training.settings import AugmentSettings, ModelSettings, TrainSettings
 
@@ -42,6 +42,35 @@ def test_augment_keeps_images_and_targets_aligned():
     overlap = ((xa[:, 0] > 0.5) == (ya[:, 0] > 0.5)).float().mean()
     assert overlap > 0.97 and not torch.equal(xa, x)
     assert set(torch.unique(ya).tolist()) <= {0.0, 1.0}
+
+
+def test_random_patches_cut_aligned_windows_and_centre_on_tumour():
+    g = torch.Generator().manual_seed(0)
+    n, h, w = 6, 40, 48
+    x = torch.arange(n * 4 * h * w, dtype=torch.float32).reshape(n, 4, h, w)  # every voxel unique
+    y = torch.zeros(n, 3, h, w)
+    y[:, :, 30:33, 40:43] = 1.0  # a small tumour near a corner
+    forced = torch.tensor([True, True, True, False, False, False])
+    xp, yp = random_patches(x, y, 16, forced, g)
+    assert xp.shape == (n, 4, 16, 16) and yp.shape == (n, 3, 16, 16)
+    for i in range(n):
+        # each patch is a contiguous window of its own sample, the same window for image and target
+        top, left = divmod(int(xp[i, 0, 0, 0] - x[i, 0, 0, 0]), w)
+        assert torch.equal(xp[i], x[i, :, top:top + 16, left:left + 16])
+        assert torch.equal(yp[i], y[i, :, top:top + 16, left:left + 16])
+    assert all(yp[i, 0].sum() > 0 for i in range(3))  # forced samples contain the tumour
+    assert random_patches(x, y, 0, forced, g)[0] is x  # 0: whole slices
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(random_patches(x, y, 16, forced, g1)[0], random_patches(x, y, 16, forced, g2)[0])
+
+
+def test_epoch_indices_force_the_foreground_share():
+    has_tumour = torch.tensor([False] * 90 + [True] * 10)
+    bank = SliceBank(torch.zeros(100, 4, 2, 2), torch.zeros(100, 2, 2, dtype=torch.uint8), has_tumour, pd.DataFrame())
+    idx, forced = epoch_indices(bank, 300, 0.5, torch.Generator().manual_seed(0))
+    assert len(idx) == 300 and int(forced.sum()) == 150
+    assert has_tumour[idx[forced]].all()
+    assert 0.5 < float(has_tumour[idx].float().mean()) < 0.65  # 50% forced + ~10% of the uniform half
 
 
 def test_lr_schedule():

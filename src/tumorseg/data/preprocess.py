@@ -86,9 +86,10 @@ def normalize_channel(volume: np.ndarray, brain: np.ndarray, settings: Preproces
     return out
 
 
-def preprocess_case(channels: list[np.ndarray], mask: np.ndarray, settings: PreprocessSettings):
+def preprocess_case(channels: list[np.ndarray], mask: np.ndarray | None, settings: PreprocessSettings):
     """Arrays in NIfTI (X, Y, Z) order -> (images (Z, 4, Y, X) float16, labels (Z, Y, X) uint8,
-    brain voxels per slice, (z0, z1)).
+    brain voxels per slice, (z0, z1)). Without a mask (prediction) the labels are None and the
+    crop is to the brain whatever ``settings.crop`` says: a new patient's tumour is unknown.
 
     The transposes are free views: NIfTI volumes are Fortran-ordered, so (Z, Y, X) is their
     C order and each axial slice is one contiguous block.
@@ -96,13 +97,13 @@ def preprocess_case(channels: list[np.ndarray], mask: np.ndarray, settings: Prep
     brain = channels[0].T != 0  # skull-stripped: brain = any sequence non-zero
     for ch in channels[1:]:
         brain |= ch.T != 0
-    crop_mask = brain.T if settings.crop == "brain" else mask > 0
+    crop_mask = brain.T if settings.crop == "brain" or mask is None else mask > 0
     z0, z1 = axial_range(crop_mask, settings.crop_margin)
     brain = brain[z0:z1]
     images = np.empty((z1 - z0, len(channels), mask.shape[1], mask.shape[0]), dtype=np.float16)
     for c, ch in enumerate(channels):
         normalize_channel(ch.T[z0:z1], brain, settings, out=images[:, c])
-    labels = np.ascontiguousarray(mask.T[z0:z1], dtype=np.uint8)
+    labels = None if mask is None else np.ascontiguousarray(mask.T[z0:z1], dtype=np.uint8)
     return images, labels, brain.sum(axis=(1, 2)), (z0, z1)
 
 

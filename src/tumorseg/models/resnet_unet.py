@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .blocks import DecoderBlock
+from .blocks import DecoderBlock, segmentation_head
 from .weights import create_encoder
 
 WEIGHTS_PARAM = "models.resnet_unet.arch.weights_file"
@@ -37,6 +37,7 @@ class ResNetUNet(nn.Module):
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
         norm: str = "batch",
         upsample: str = "nearest",
+        output_prior: float | None = 0.01,
     ):
         super().__init__()
         decoder_channels = tuple(int(c) for c in decoder_channels)
@@ -55,7 +56,7 @@ class ResNetUNet(nn.Module):
             DecoderBlock(i, s, o, norm=norm, upsample=upsample)
             for i, s, o in zip(in_ch, skip_channels, decoder_channels)
         )
-        self.head = nn.Conv2d(decoder_channels[-1], num_classes, kernel_size=3, padding=1)
+        self.head = segmentation_head(decoder_channels[-1], num_classes, 3, output_prior)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.encoder(x)

@@ -16,7 +16,7 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .blocks import ConvNormAct, DecoderBlock
+from .blocks import ConvNormAct, DecoderBlock, segmentation_head
 from .weights import create_encoder
 
 WEIGHTS_PARAM = "models.transunet.arch.weights_file"
@@ -63,6 +63,7 @@ class TransUNet(nn.Module):
         img_size: int = 240,
         norm: str = "batch",
         upsample: str = "nearest",
+        output_prior: float | None = 0.01,
     ):
         super().__init__()
         decoder_channels = tuple(int(c) for c in decoder_channels)
@@ -76,6 +77,7 @@ class TransUNet(nn.Module):
 
         self.patch_embed = nn.Conv2d(enc[3], hidden_dim, kernel_size=1)
         self.grid_size = (math.ceil(img_size / 16), math.ceil(img_size / 16))
+        self._resample_matrices: dict[tuple[int, int], torch.Tensor] = {}  # grid -> (new, old) tokens; a cache, not state
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], hidden_dim))
         self.pos_drop = nn.Dropout(dropout)
         self.blocks = nn.Sequential(
@@ -93,7 +95,7 @@ class TransUNet(nn.Module):
             DecoderBlock(i, s, o, norm=norm, upsample=upsample)
             for i, s, o in zip(in_ch, skip_channels, decoder_channels)
         )
-        self.head = nn.Conv2d(decoder_channels[-1], num_classes, kernel_size=3, padding=1)
+        self.head = segmentation_head(decoder_channels[-1], num_classes, 3, output_prior)
         self._init_transformer()
 
     def _init_transformer(self) -> None:
@@ -108,10 +110,22 @@ class TransUNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
-        """The learned embeddings, resampled to `grid` tokens when the input size differs from img_size."""
-        return resample_abs_pos_embed(
-            self.pos_embed, new_size=list(grid), old_size=list(self.grid_size), num_prefix_tokens=0
-        )
+        """The learned embeddings, resampled (timm's bicubic) to `grid` tokens when the input size
+        differs from img_size. The resampling is linear, so it is applied as a fixed matrix: its
+        backward is a matmul, deterministic on CUDA, where the backward of bicubic interpolation is
+        not (measured: two seeded trainings on patches gave different weights)."""
+        grid = tuple(int(g) for g in grid)
+        if grid == self.grid_size:
+            return self.pos_embed
+        matrix = self._resample_matrices.get(grid)
+        if matrix is None:
+            n_old = self.grid_size[0] * self.grid_size[1]
+            with torch.no_grad():
+                identity = torch.eye(n_old, dtype=torch.float64)[None]  # each old token's one-hot "embedding"
+                matrix = resample_abs_pos_embed(identity, new_size=list(grid), old_size=list(self.grid_size),
+                                                num_prefix_tokens=0)[0].float()  # (n_new, n_old)
+            matrix = self._resample_matrices[grid] = matrix.to(self.pos_embed.device)
+        return (matrix.to(self.pos_embed.device, self.pos_embed.dtype) @ self.pos_embed[0])[None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.encoder(x)  # strides 2, 4, 8, 16

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import DecoderBlock, DoubleConv
+from .blocks import DecoderBlock, DoubleConv, segmentation_head
 
 
 class UNet(nn.Module):
@@ -27,6 +27,7 @@ class UNet(nn.Module):
         norm: str = "batch",
         dropout: float = 0.0,
         upsample: str = "transpose",
+        output_prior: float | None = 0.01,
     ):
         super().__init__()
         if depth < 1:
@@ -45,7 +46,7 @@ class UNet(nn.Module):
             DecoderBlock(widths[i + 1], widths[i], widths[i], norm=norm, upsample=upsample)
             for i in reversed(range(depth))
         )
-        self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+        self.head = segmentation_head(widths[0], num_classes, 1, output_prior)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = [self.stem(x)]

@@ -26,7 +26,7 @@ from tumorseg.data.split import read_split
 from tumorseg.fileio import atomic_file, sha256_file
 from tumorseg.models import build_model, count_parameters
 from tumorseg.training import checkpoint
-from tumorseg.training.data import REGION_NAMES, SliceBank, augment, epoch_indices, labels_to_regions, load_bank
+from tumorseg.training.data import REGION_NAMES, SliceBank, augment, epoch_indices, labels_to_regions, load_bank, random_patches
 from tumorseg.training.device import autocast, configure_determinism, pick_amp_dtype, pick_device
 from tumorseg.training.losses import segmentation_loss
 from tumorseg.training.settings import ModelSettings, TrainSettings
@@ -183,7 +183,7 @@ def train_model(
         for epoch in range(start_epoch, epochs):
             generator = torch.Generator().manual_seed(train.seed * 100_003 + epoch)
             torch.manual_seed(train.seed + epoch)  # dropout and any other global randomness
-            indices = epoch_indices(train_bank, steps_per_epoch * model_cfg.batch_size, train.foreground_fraction, generator)
+            indices, forced = epoch_indices(train_bank, steps_per_epoch * model_cfg.batch_size, train.foreground_fraction, generator)
             model.train()
             t0, seen, loss_sum = time.perf_counter(), 0, 0.0
             bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{epochs}", unit="step", dynamic_ncols=True, leave=False)
@@ -195,6 +195,7 @@ def train_model(
                 x = train_bank.images[b].float()
                 y = labels_to_regions(train_bank.labels[b])
                 x, y = augment(x, y, train.augment, generator)
+                x, y = random_patches(x, y, train.patch_size, forced[step * model_cfg.batch_size:(step + 1) * model_cfg.batch_size], generator)
                 if train.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device, amp_dtype):
@@ -245,6 +246,7 @@ def train_model(
         tmp.write_text(_history_csv(history))
     weights_sha = sha256_file(Path(out_dir) / checkpoint.WEIGHTS_FILE)
     run.set_tags({TAG_WEIGHTS: weights_sha})
+    run.log_artifact(Path(out_dir) / checkpoint.CONFIG_FILE)  # `tumorseg predict models:/...` reads its preprocessing
     run.log_metrics({"best_val_dice_mean": best["score"], "best_epoch": best["epoch"]})
     if run.run:
         import matplotlib.pyplot as plt

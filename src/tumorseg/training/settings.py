@@ -21,6 +21,7 @@ class TrainSettings:
     epochs: int = 100
     samples_per_epoch: int = 0  # 0: one pass over the training slices
     foreground_fraction: float = 0.33  # nnU-Net forces a third of samples to contain tumour
+    patch_size: int = 0  # train on random patch_size^2 patches (0: whole slices); inference always sees whole slices
     tumour_slices_only: bool = False  # the original project trained on tumour-bearing slices only
     patience: int = 20  # early stopping on validation mean Dice (0: off)
     lr_schedule: Literal["constant", "cosine"] = "cosine"

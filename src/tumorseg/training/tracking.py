@@ -103,6 +103,10 @@ class TrainingRun:
         if self.run:
             self.mlflow.log_figure(figure, path)
 
+    def log_artifact(self, path: Path) -> None:
+        if self.run:
+            self.mlflow.log_artifact(str(path))
+
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.run:
             self.mlflow.set_tags(tags)
