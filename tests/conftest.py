@@ -72,3 +72,18 @@ def tiny_pipeline(tmp_path_factory):
     run_preprocess(PreprocessSettings(workers=1), root / "manifest.parquet", root / "raw", root / "pre")
     run_split(SplitSettings(fractions=(0.5, 0.25, 0.25)), root / "pre" / "slice_index.parquet", root / "split.parquet")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tiny_pipeline):
+    """A models/ folder holding a tiny trained unet (models/unet/model.json + weights), as `dvc repro` leaves it."""
+    from tumorseg.training.loop import train_model
+    from tumorseg.training.settings import ModelSettings, TrainSettings
+
+    models = tiny_pipeline / "app_models"
+    if not (models / "unet" / "model.json").is_file():
+        train_model("unet", TrainSettings(epochs=1, samples_per_epoch=16, patience=0, device="cpu", seed=1, eval_batch_size=16),
+                    ModelSettings(lr=3e-3, batch_size=8, arch={"base_channels": 8, "depth": 2}),
+                    tiny_pipeline / "pre", tiny_pipeline / "split.parquet", models / "unet", tiny_pipeline / "app_ckpt",
+                    preprocess_config={"crop": "brain", "normalize": "minmax"})
+    return models

@@ -84,6 +84,69 @@ def report(params: Path = ParamsOption) -> None:
     main(params)
 
 
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(None, help="Patient folder(s) in BraTS naming (<case>-t1n.nii.gz, ...), "
+                                                  "or a folder of patient folders (batch mode)."),
+    model: str = typer.Option("resnet_unet", "--model", "-m", help="A pipeline model name (models/<name>), a model "
+                              "folder or model.safetensors, or an MLflow URI such as models:/tumorseg-resnet_unet@champion."),
+    out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Folder for <case>-seg.nii.gz label maps."),
+    t1n: Path = typer.Option(None, help="Explicit files instead of a folder: native T1."),
+    t1c: Path = typer.Option(None, help="Contrast-enhanced T1."),
+    t2w: Path = typer.Option(None, help="T2-weighted."),
+    t2f: Path = typer.Option(None, help="T2-FLAIR."),
+    batch_size: int = typer.Option(32, help="Slices per forward pass."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
+) -> None:
+    """Segment new patients: a BraTS label map (0 background, 1 necrotic core, 2 edema, 3 enhancing
+    tumour) per patient, with the input's shape, affine and header. Bad input: a message naming the
+    file, exit code 2, no output for that patient."""
+    from tumorseg.logs import setup_logging
+    from tumorseg.prediction import InputError, case_from_files, cases_in_folder, run_predict
+
+    setup_logging()
+    explicit = [t1n, t1c, t2w, t2f]
+    try:
+        if any(explicit):
+            if not all(explicit) or inputs:
+                raise InputError("give all four of --t1n --t1c --t2w --t2f, and no folder with them")
+            cases = [case_from_files(t1n, t1c, t2w, t2f)]
+        elif inputs:
+            cases = [case for folder in inputs for case in cases_in_folder(folder)]
+        else:
+            raise InputError("nothing to predict: give a patient folder, a folder of patients, or --t1n --t1c --t2w --t2f")
+        results = run_predict(cases, model, out, paths.MODELS_DIR, batch_size=batch_size, device=device)
+    except InputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    failed = [r for r in results if r[2]]
+    for case, path, error in results:
+        typer.echo(f"{case.case_id}: {path}" if path else f"{case.case_id}: FAILED: {error}", err=bool(error))
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command("app")
+def app_command(
+    port: int = typer.Option(8501, help="Port to serve on."),
+    address: str = typer.Option("localhost", help="Address to bind (localhost: this machine only)."),
+    models_dir: Path = typer.Option(paths.MODELS_DIR, help="Folder with the trained models (models/<name>)."),
+) -> None:
+    """Start the Streamlit app: pick the bundled sample patient or upload one, segment it with a trained
+    model, browse the slices with the regions overlaid, download the mask."""
+    import os
+    import subprocess
+    import sys
+
+    from tumorseg.app.support import MAX_UPLOAD_MB
+
+    script = Path(__file__).parent / "app" / "streamlit_app.py"
+    env = dict(os.environ, TUMORSEG_MODELS_DIR=str(models_dir.resolve()))
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port), "--server.address", address,
+           "--server.headless", "true", "--server.maxUploadSize", str(MAX_UPLOAD_MB), "--browser.gatherUsageStats", "false"]
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -100,7 +100,7 @@ def preprocess_case(channels: list[np.ndarray], mask: np.ndarray | None, setting
     crop_mask = brain.T if settings.crop == "brain" or mask is None else mask > 0
     z0, z1 = axial_range(crop_mask, settings.crop_margin)
     brain = brain[z0:z1]
-    images = np.empty((z1 - z0, len(channels), mask.shape[1], mask.shape[0]), dtype=np.float16)
+    images = np.empty((z1 - z0, len(channels), channels[0].shape[1], channels[0].shape[0]), dtype=np.float16)
     for c, ch in enumerate(channels):
         normalize_channel(ch.T[z0:z1], brain, settings, out=images[:, c])
     labels = None if mask is None else np.ascontiguousarray(mask.T[z0:z1], dtype=np.uint8)

@@ -246,7 +246,8 @@ def train_model(
         tmp.write_text(_history_csv(history))
     weights_sha = sha256_file(Path(out_dir) / checkpoint.WEIGHTS_FILE)
     run.set_tags({TAG_WEIGHTS: weights_sha})
-    run.log_artifact(Path(out_dir) / checkpoint.CONFIG_FILE)  # `tumorseg predict models:/...` reads its preprocessing
+    for name_ in (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE):  # what `tumorseg predict models:/...` rebuilds the model from
+        run.log_artifact(Path(out_dir) / name_)
     run.log_metrics({"best_val_dice_mean": best["score"], "best_epoch": best["epoch"]})
     if run.run:
         import matplotlib.pyplot as plt

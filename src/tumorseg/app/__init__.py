@@ -1,0 +1,1 @@
+"""The Streamlit viewer (`tumorseg app`) and its Streamlit-free helpers (support.py)."""

@@ -1,0 +1,124 @@
+"""The Streamlit page (`tumorseg app` starts it): pick or upload a patient, segment it, browse it.
+
+Layout only; the logic is in tumorseg.app.support and tumorseg.prediction. Errors in the input are
+shown as messages in the page, never as a stack trace.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from tumorseg.app import support
+from tumorseg.data.brats import SEQUENCES
+from tumorseg.models import MODEL_NAMES
+from tumorseg.prediction import InputError, label_map_bytes, load_case, load_predictor, predict_volume
+
+MODELS_DIR = Path(os.environ.get("TUMORSEG_MODELS_DIR", "models"))
+SEQUENCE_NAMES = {"t1n": "T1 (native)", "t1c": "T1 + contrast", "t2w": "T2", "t2f": "T2-FLAIR"}
+
+
+@st.cache_resource(show_spinner="Loading the model...")
+def cached_model(ref: str):
+    """Loaded once per model and server (not once per click)."""
+    return load_predictor(ref, MODELS_DIR)
+
+
+def available_models() -> list[str]:
+    return [m for m in MODEL_NAMES if (MODELS_DIR / m / "model.json").is_file()]
+
+
+def segment(case, mask_path, model_ref: str) -> dict:
+    channels, reference = load_case(case)
+    mask = support.load_mask_for(channels[0].shape, mask_path)
+    model, config = cached_model(model_ref)
+    labels = predict_volume(model, config, channels)
+    return {"case_id": case.case_id, "channels": channels, "labels": labels, "mask": mask, "model": model_ref,
+            "spacing": tuple(float(z) for z in reference.header.get_zooms()[:3]),
+            "download": label_map_bytes(labels, reference)}
+
+
+def sidebar() -> tuple[str | None, object | None, Path | None]:
+    st.sidebar.header("Patient")
+    source = st.sidebar.radio("Source", ["Sample patient", "Upload"], key="source")
+    case = mask = None
+    if source == "Sample patient":
+        samples = support.sample_cases()
+        chosen = st.sidebar.selectbox("Sample", list(samples), key="sample")
+        if chosen:
+            from tumorseg.prediction import case_from_folder
+
+            case, mask = case_from_folder(samples[chosen]), support.mask_file(samples[chosen])
+    else:
+        files = st.sidebar.file_uploader(
+            f"The four NIfTI files (t1n, t1c, t2w, t2f; a -seg mask optional) or one .zip of a case folder; "
+            f"at most {support.MAX_UPLOAD_MB} MB", accept_multiple_files=True, key="upload")
+        if files:
+            workdir = Path(tempfile.mkdtemp(prefix="tumorseg-upload-"))
+            try:
+                case, mask = support.case_from_uploads([(f.name, f.getvalue()) for f in files], workdir)
+            except InputError as exc:
+                st.error(f"Cannot use this upload: {exc}")
+    st.sidebar.header("Model")
+    models = available_models()
+    if not models:
+        st.sidebar.error(f"No trained model in {MODELS_DIR}/: run `dvc repro` first")
+        return None, case, mask
+    model = st.sidebar.selectbox("Model", models, index=models.index("resnet_unet") if "resnet_unet" in models else 0, key="model")
+    return model, case, mask
+
+
+def show(result: dict) -> None:
+    channels, labels, mask = result["channels"], result["labels"], result["mask"]
+    st.subheader(f"{result['case_id']} - {result['model']}")
+    depth = labels.shape[2]
+    z = st.slider("Axial slice", 0, depth - 1, support.most_tumour_slice(labels), key="slice")
+    seq = st.selectbox("Sequence shown", SEQUENCES, index=SEQUENCES.index("t2f"), format_func=SEQUENCE_NAMES.get, key="sequence")
+    grey = support.display_slice(channels[SEQUENCES.index(seq)], z)
+    cols = st.columns(2 if mask is not None else 1)
+    cols[0].image(support.overlay(grey, labels[:, :, z].T), caption=f"Predicted regions, slice {z}", use_container_width=True)
+    if mask is not None:
+        cols[1].image(support.overlay(grey, mask[:, :, z].T), caption=f"Ground truth, slice {z}", use_container_width=True)
+    legend = " ".join(
+        f"<span style='background:rgb{support.LABEL_COLOURS[k]};padding:0 0.6em;margin-right:0.3em'></span>{name}&nbsp;&nbsp;"
+        for k, name in support.LABEL_NAMES.items())
+    st.markdown(legend, unsafe_allow_html=True)
+    volumes = support.region_volumes_cm3(labels, result["spacing"])
+    table = {"region": list(support.REGIONS), "predicted volume (cm3)": [f"{volumes[r]:.2f}" for r in support.REGIONS]}
+    if mask is not None:
+        truth = support.region_volumes_cm3(mask, result["spacing"])
+        dice = support.region_dice(labels, mask)
+        table["expert volume (cm3)"] = [f"{truth[r]:.2f}" for r in support.REGIONS]
+        table["Dice"] = [f"{dice[r]:.3f}" for r in support.REGIONS]
+    st.table(table)
+    st.download_button("Download the predicted mask (.nii.gz)", result["download"],
+                       file_name=f"{result['case_id']}-seg.nii.gz", mime="application/gzip", key="download")
+
+
+def main() -> None:
+    st.set_page_config(page_title="tumorseg", layout="wide")
+    st.title("Brain-tumour segmentation")
+    st.caption("BraTS regions: WT = whole tumour, TC = tumour core, ET = enhancing tumour. Research use only.")
+    model, case, mask = sidebar()
+    if model and case is not None and st.sidebar.button("Run segmentation", type="primary", key="run"):
+        with st.spinner("Segmenting every slice..."):
+            try:
+                st.session_state["result"] = segment(case, mask, model)
+            except InputError as exc:
+                st.session_state.pop("result", None)
+                st.error(f"Cannot segment this patient: {exc}")
+            except Exception as exc:  # never a stack trace in the page; the message still says what failed
+                st.session_state.pop("result", None)
+                st.error(f"Segmentation failed: {type(exc).__name__}: {exc}")
+    result = st.session_state.get("result")
+    if result is not None:
+        show(result)
+    else:
+        st.info("Choose a patient and a model in the sidebar, then press **Run segmentation**.")
+
+
+main()

@@ -1,0 +1,126 @@
+"""What the Streamlit page needs, without Streamlit: inputs, overlays, volumes, Dice.
+
+Kept apart from the page so it is unit-tested directly; the page only lays things out.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from tumorseg.data.brats import SEQUENCES
+from tumorseg.prediction import NIFTI_SUFFIXES, CaseInput, InputError, case_from_folder
+
+SAMPLE_DIR = Path(__file__).parent / "sample"
+MAX_UPLOAD_MB = 200  # per upload, all files together; a BraTS case is ~15 MB compressed
+REGIONS = ("WT", "TC", "ET")
+# Overlay colours per BraTS label (1 necrotic core, 2 edema, 3 enhancing), as in the BraTS papers' figures.
+LABEL_COLOURS = {1: (220, 40, 40), 2: (60, 200, 60), 3: (250, 220, 40)}
+LABEL_NAMES = {1: "necrotic core (NETC)", 2: "edema (SNFH)", 3: "enhancing tumour (ET)"}
+
+
+def sample_cases() -> dict[str, Path]:
+    """Bundled sample patients (synthetic, in BraTS-Africa naming): case id -> folder."""
+    return {p.name: p for p in sorted(SAMPLE_DIR.iterdir()) if p.is_dir()}
+
+
+def mask_file(folder: Path) -> Path | None:
+    matches = sorted(p for p in Path(folder).iterdir() if any(p.name.endswith(f"-seg{s}") for s in NIFTI_SUFFIXES))
+    return matches[0] if matches else None
+
+
+def case_from_uploads(uploads: list[tuple[str, bytes]], workdir: Path) -> tuple[CaseInput, Path | None]:
+    """Uploaded files -> a case folder under ``workdir``: either the four sequence files (and optionally
+    the -seg mask), or one .zip holding a case folder. Returns the case and its mask file, if any."""
+    from tumorseg.data.archive import UnsafeArchiveError, unpack_archive
+
+    if not uploads:
+        raise InputError("no files uploaded: give the four NIfTI files (t1n, t1c, t2w, t2f) or one .zip of a case folder")
+    total = sum(len(data) for _, data in uploads)
+    if total > MAX_UPLOAD_MB * 2**20:
+        raise InputError(f"upload of {total / 2**20:.0f} MB exceeds the {MAX_UPLOAD_MB} MB limit")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    names = [Path(name).name for name, _ in uploads]
+    if len(uploads) == 1 and names[0].lower().endswith(".zip"):
+        archive = workdir / names[0]
+        archive.write_bytes(uploads[0][1])
+        if not zipfile.is_zipfile(io.BytesIO(uploads[0][1])):
+            raise InputError(f"{names[0]}: not a valid .zip archive")
+        target = workdir / "unzipped"
+        try:
+            unpack_archive(archive, target, max_bytes=4 * MAX_UPLOAD_MB * 2**20)
+        except (UnsafeArchiveError, ValueError, OSError) as exc:
+            raise InputError(f"{names[0]}: cannot unpack ({exc})") from None
+        folders = sorted({p.parent for p in target.rglob("*") if p.is_file() and p.name.endswith(NIFTI_SUFFIXES)})
+        if len(folders) != 1:
+            raise InputError(f"{names[0]}: expected one case folder with the four NIfTI files, found {len(folders)} folders")
+        folder = folders[0]
+    else:
+        bad = [n for n in names if not n.endswith(NIFTI_SUFFIXES)]
+        if bad:
+            raise InputError(f"{', '.join(bad)}: not a NIfTI file name (.nii or .nii.gz) nor a single .zip")
+        folder = workdir / "case"
+        folder.mkdir(exist_ok=True)
+        for name, (_, data) in zip(names, uploads):
+            (folder / name).write_bytes(data)
+    case = case_from_folder(folder)
+    return case, mask_file(folder)
+
+
+def load_mask_for(case_shape: tuple[int, ...], path: Path | None) -> np.ndarray | None:
+    """The expert mask (labels 0-3), or None; a mask of another shape is an input error."""
+    if path is None:
+        return None
+    from tumorseg.data.brats import load_mask
+
+    try:
+        mask = load_mask(path)
+    except Exception as exc:
+        raise InputError(f"{path.name}: not a readable NIfTI mask ({type(exc).__name__}: {exc})") from None
+    if mask.shape != tuple(case_shape):
+        raise InputError(f"{path.name}: mask shape {mask.shape} disagrees with the images {tuple(case_shape)}")
+    if mask.max() > 3:
+        raise InputError(f"{path.name}: labels outside 0-3")
+    return mask
+
+
+def display_slice(volume: np.ndarray, z: int) -> np.ndarray:
+    """One axial slice of an (X, Y, Z) volume as uint8 grey, rows = Y (radiological display: transpose)."""
+    s = volume[:, :, z].T.astype(np.float32)
+    lo, hi = np.percentile(volume[volume > 0], (0.5, 99.5)) if (volume > 0).any() else (0.0, 1.0)
+    return (np.clip((s - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def overlay(grey: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """(H, W) uint8 grey + (H, W) labels -> (H, W, 3) uint8, each label tinted in LABEL_COLOURS."""
+    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
+    for label, colour in LABEL_COLOURS.items():
+        where = labels == label
+        rgb[where] = (1 - alpha) * rgb[where] + alpha * np.array(colour, dtype=np.float32)
+    return rgb.round().astype(np.uint8)
+
+
+def region_volumes_cm3(labels: np.ndarray, spacing_mm: tuple[float, float, float]) -> dict[str, float]:
+    from tumorseg.evaluation.metrics import region_mask
+
+    voxel_cm3 = float(np.prod(spacing_mm)) / 1000.0
+    return {r: float(region_mask(labels, r).sum()) * voxel_cm3 for r in REGIONS}
+
+
+def region_dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    from tumorseg.evaluation.metrics import dice, region_mask
+
+    return {r: dice(region_mask(pred, r), region_mask(truth, r)) for r in REGIONS}
+
+
+def most_tumour_slice(labels: np.ndarray) -> int:
+    """The axial slice with the most predicted tumour (the middle one when there is none)."""
+    per_slice = (labels > 0).sum(axis=(0, 1))
+    return int(per_slice.argmax()) if per_slice.any() else labels.shape[2] // 2
+
+
+__all__ = ["SEQUENCES", "case_from_uploads", "sample_cases", "overlay", "region_volumes_cm3", "region_dice"]

@@ -1,0 +1,217 @@
+"""`tumorseg predict`: a trained model applied to new patients' NIfTI volumes.
+
+The input goes through exactly the training preprocessing (the settings saved in the model's
+model.json), every axial slice with brain is predicted in batches, the three region outputs become
+BraTS labels (ET where ET; else 1 where TC; else 2 where WT), and the label map is written with the
+input's shape, affine and header. Bad input raises ``InputError`` naming the file; nothing is written
+for that patient.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tumorseg.data.brats import CASE_ID_RE, SEQUENCES
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+LABEL_SUFFIX = "-seg.nii.gz"
+
+
+class InputError(ValueError):
+    """The input volumes cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    case_id: str
+    files: dict[str, Path]  # sequence (t1n, t1c, t2w, t2f) -> NIfTI file
+
+
+def _sequence_file(folder: Path, seq: str) -> Path | None:
+    matches = sorted(p for p in folder.iterdir() if p.is_file() and any(p.name.endswith(f"-{seq}{s}") for s in NIFTI_SUFFIXES))
+    if len(matches) > 1:
+        raise InputError(f"{folder}: several files for sequence {seq}: {', '.join(m.name for m in matches)}; keep one")
+    return matches[0] if matches else None
+
+
+def case_from_folder(folder: Path) -> CaseInput:
+    """One patient folder in BraTS naming: <case>-t1n.nii.gz, -t1c, -t2w, -t2f (a -seg file is ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder")
+    files = {seq: _sequence_file(folder, seq) for seq in SEQUENCES}
+    missing = [seq for seq, path in files.items() if path is None]
+    if missing:
+        raise InputError(f"{folder}: missing sequence(s) {', '.join(missing)}; expected files named "
+                         f"<case>-{{{','.join(SEQUENCES)}}}.nii.gz (or pass --t1n --t1c --t2w --t2f)")
+    return CaseInput(folder.name, files)  # type: ignore[arg-type]
+
+
+def cases_in_folder(folder: Path) -> list[CaseInput]:
+    """A folder that is one patient, or a folder of patient folders (batch mode)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder")
+    if any(_sequence_file(folder, seq) for seq in SEQUENCES):
+        return [case_from_folder(folder)]
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir())
+    cases = [case_from_folder(p) for p in subfolders if any(_sequence_file(p, seq) for seq in SEQUENCES)]
+    if not cases:
+        raise InputError(f"{folder}: no BraTS NIfTI files (<case>-t1n.nii.gz, ...) in it or in its sub-folders")
+    return cases
+
+
+def case_from_files(t1n: Path, t1c: Path, t2w: Path, t2f: Path, case_id: str | None = None) -> CaseInput:
+    files = {"t1n": Path(t1n), "t1c": Path(t1c), "t2w": Path(t2w), "t2f": Path(t2f)}
+    if case_id is None:
+        stem = files["t1n"].name
+        for suffix in NIFTI_SUFFIXES:
+            stem = stem.removesuffix(suffix)
+        case_id = stem.removesuffix("-t1n")
+    return CaseInput(case_id, files)
+
+
+def load_case(case: CaseInput):
+    """The four volumes as float32 (X, Y, Z) arrays in SEQUENCES order, and the first one's image
+    (its affine and header are copied to the output)."""
+    from tumorseg.data.brats import read_nifti
+
+    channels, reference, shape = [], None, None
+    for seq in SEQUENCES:
+        path = case.files[seq]
+        if not path.is_file():
+            raise InputError(f"{path}: no such file ({seq})")
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: empty file ({seq})")
+        try:
+            img = read_nifti(path)
+            data = np.asanyarray(img.dataobj)
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable NIfTI volume ({type(exc).__name__}: {exc})") from None
+        if data.ndim != 3:
+            raise InputError(f"{path}: expected a 3D volume, got shape {data.shape}")
+        if shape is not None and data.shape != shape:
+            raise InputError(f"{path}: shape {data.shape} disagrees with {case.files[SEQUENCES[0]]} {shape}")
+        data = data.astype(np.float32, copy=False)
+        if not np.isfinite(data).all():
+            raise InputError(f"{path}: {int((~np.isfinite(data)).sum())} non-finite voxels")
+        shape = data.shape
+        reference = reference or img
+        channels.append(data)
+    return channels, reference
+
+
+def predict_volume(model, config: dict, channels: list[np.ndarray], batch_size: int = 32, device="cpu",
+                   amp_dtype=None) -> np.ndarray:
+    """(X, Y, Z) BraTS labels for one patient, preprocessed as the model's training data was."""
+    from tumorseg.config import from_mapping
+    from tumorseg.data.preprocess import PreprocessSettings, preprocess_case
+    from tumorseg.evaluation.inference import predict_slices, to_volume
+
+    settings = from_mapping(PreprocessSettings, dict(config.get("preprocess") or {}), "model.json preprocess")
+    images, _, _, (z0, _) = preprocess_case(channels, None, settings)
+    labels = predict_slices(model, images, batch_size=batch_size, device=device, amp_dtype=amp_dtype)
+    return to_volume(labels, z0, channels[0].shape)
+
+
+def write_label_map(labels: np.ndarray, reference, path: Path) -> None:
+    """uint8 labels with the reference image's affine and header, written atomically."""
+    import nibabel as nib
+
+    from tumorseg.fileio import atomic_file
+
+    header = reference.header.copy()
+    header.set_data_dtype(np.uint8)
+    header["scl_slope"], header["scl_inter"] = 1.0, 0.0
+    img = nib.Nifti1Image(labels.astype(np.uint8), reference.affine, header)
+    img.set_qform(reference.affine, int(reference.header["qform_code"]))
+    img.set_sform(reference.affine, int(reference.header["sform_code"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:  # the temporary name keeps the .nii.gz suffix, so nibabel compresses
+        nib.save(img, tmp)
+
+
+def label_map_bytes(labels: np.ndarray, reference) -> bytes:
+    """The same label map as ``write_label_map``, as .nii.gz bytes (for a download button)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "prediction-seg.nii.gz"
+        write_label_map(labels, reference, path)
+        return path.read_bytes()
+
+
+def load_predictor(ref: str, models_dir: Path, device="cpu"):
+    """A model from a pipeline name (models/<name>), a folder or model.safetensors path, or an MLflow
+    URI (models:/tumorseg-resnet_unet@champion, runs:/<id>/model); returns (model, config)."""
+    from tumorseg.models import MODEL_NAMES
+    from tumorseg.training.checkpoint import load_model
+
+    if ref.startswith(("models:/", "runs:/")):
+        return _load_mlflow(ref, device)
+    path = Path(models_dir) / ref if ref in MODEL_NAMES else Path(ref)
+    if path.is_file():
+        path = path.parent
+    if not (path / "model.json").is_file():
+        hint = " (run `dvc repro` to train it)" if ref in MODEL_NAMES else ""
+        raise InputError(f"{path}: no trained model here (model.json and model.safetensors expected){hint}")
+    return load_model(path, device)
+
+
+def _load_mlflow(uri: str, device):
+    """The registered version's training run holds model.json and model.safetensors beside the
+    MLflow model: the model is rebuilt from them exactly as from a pipeline folder (the MLflow
+    model itself is a torch.export program, which cannot be switched to eval mode)."""
+    import tempfile
+
+    import mlflow
+
+    from tumorseg.training.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model
+    from tumorseg.training.tracking import MlflowSettings, tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri(MlflowSettings()))
+    try:
+        run_id = mlflow.models.get_model_info(uri).run_id
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in (CONFIG_FILE, WEIGHTS_FILE):
+                mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=tmp)
+            return load_model(Path(tmp), device)
+    except Exception as exc:
+        raise InputError(f"{uri}: cannot load the model from MLflow at {mlflow.get_tracking_uri()} "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def output_path(out_dir: Path, case_id: str) -> Path:
+    return Path(out_dir) / f"{case_id}{LABEL_SUFFIX}"
+
+
+def run_predict(cases: list[CaseInput], model_ref: str, out_dir: Path, models_dir: Path, batch_size: int = 32,
+                device: str = "auto", progress: bool = True) -> list[tuple[CaseInput, Path | None, str | None]]:
+    """Predict every case; a bad case is reported and skipped (nothing written for it), the others go on.
+    Returns (case, written path or None, error or None) per case."""
+    from tqdm.auto import tqdm
+
+    from tumorseg.training.device import pick_amp_dtype, pick_device
+
+    dev = pick_device(device)
+    model, config = load_predictor(model_ref, models_dir, dev)
+    amp = pick_amp_dtype("auto", dev)
+    results = []
+    for case in tqdm(cases, desc="predict", unit="patient", disable=not progress or len(cases) < 2):
+        try:
+            channels, reference = load_case(case)
+            labels = predict_volume(model, config, channels, batch_size, dev, amp)
+        except InputError as exc:
+            log.error("%s", exc)
+            results.append((case, None, str(exc)))
+            continue
+        path = output_path(out_dir, case.case_id if CASE_ID_RE.match(case.case_id) or case.case_id else "prediction")
+        write_label_map(labels, reference, path)
+        results.append((case, path, None))
+    return results

@@ -1,0 +1,135 @@
+"""`tumorseg predict`: NIfTI in, BraTS label map out, exactly as the pipeline preprocesses and predicts."""
+
+from __future__ import annotations
+
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tumorseg.cli import app
+from tumorseg.data.brats import SEQUENCES, discover_cases
+from tumorseg.data.slices import SliceStore
+from tumorseg.evaluation.inference import predict_slices, to_volume
+from tumorseg.training import checkpoint
+from tumorseg.training.loop import train_model
+from tumorseg.training.settings import ModelSettings, TrainSettings
+from tumorseg.training.tracking import MlflowSettings
+
+pytestmark = pytest.mark.slow
+TRAIN = TrainSettings(epochs=1, samples_per_epoch=16, patience=0, device="cpu", seed=1, eval_batch_size=16)
+UNET = ModelSettings(lr=3e-3, batch_size=8, arch={"base_channels": 8, "depth": 2})
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_pipeline, tmp_path_factory):
+    """A tiny unet trained on the tiny pipeline, logged to a throw-away MLflow database."""
+    root = tiny_pipeline
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    mlflow_settings = MlflowSettings(enabled=True, experiment="predict-test", tracking_uri=f"sqlite:///{db}")
+    out = root / "predict_model"
+    if not (out / checkpoint.WEIGHTS_FILE).is_file():
+        train_model("unet", TRAIN, UNET, root / "pre", root / "split.parquet", out, root / "predict_ckpt", mlflow_settings,
+                    preprocess_config={"crop": "brain", "normalize": "minmax"})
+    return root, out, f"sqlite:///{db}"
+
+
+def _invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_predicts_a_patient_folder_like_the_pipeline(trained, tmp_path):
+    root, model_dir, _ = trained
+    case = discover_cases(root / "raw")[0]
+    result = _invoke("predict", case.path, "--model", model_dir, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / f"{case.case_id}-seg.nii.gz"
+    written = nib.load(out)
+    source = nib.load(case.path / f"{case.case_id}-t1n.nii.gz")
+    labels = np.asanyarray(written.dataobj)
+    assert labels.shape == source.shape and labels.dtype == np.uint8
+    assert np.allclose(written.affine, source.affine)
+    assert written.header.get_zooms() == source.header.get_zooms()
+    assert set(np.unique(labels).tolist()) <= {0, 1, 2, 3}
+    # Exactly the pipeline's preprocessing: the same labels as predicting the stored slices.
+    model, _ = checkpoint.load_model(model_dir)
+    store = SliceStore(root / "pre")
+    cases = store.cases.set_index("case_id") if hasattr(store, "cases") else None
+    images = np.asarray(store._images(case.case_id))
+    import pandas as pd
+
+    z0 = int(pd.read_parquet(root / "pre" / "cases.parquet").set_index("case_id").loc[case.case_id, "z_start"])
+    expected = to_volume(predict_slices(model, images), z0, source.shape)
+    assert np.array_equal(labels, expected)
+    assert cases is None or case.case_id in cases.index
+
+
+def test_explicit_files_and_batch_mode(trained, tmp_path):
+    root, model_dir, _ = trained
+    cases = discover_cases(root / "raw")[:2]
+    files = {seq: cases[0].path / f"{cases[0].case_id}-{seq}.nii.gz" for seq in SEQUENCES}
+    result = _invoke("predict", "--model", model_dir, "--out", tmp_path / "one",
+                     *[x for seq in SEQUENCES for x in (f"--{seq}", files[seq])])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "one" / f"{cases[0].case_id}-seg.nii.gz").is_file()
+
+    batch = tmp_path / "batch"
+    for case in cases:
+        shutil.copytree(case.path, batch / case.case_id)
+    result = _invoke("predict", batch, "--model", model_dir, "--out", tmp_path / "many")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == sorted(f"{c.case_id}-seg.nii.gz" for c in cases)
+
+
+def _broken_copy(case, tmp_path, how):
+    folder = tmp_path / "in" / case.case_id
+    shutil.copytree(case.path, folder)
+    target = folder / f"{case.case_id}-t2w.nii.gz"
+    if how == "missing":
+        target.unlink()
+    elif how == "not_nifti":
+        target.write_bytes(b"this is not a NIfTI file at all" * 20)
+    else:
+        img = nib.load(target)
+        data = np.asanyarray(img.dataobj).astype(np.float32)
+        if how == "shape":
+            data = data[:-2]
+        else:
+            data[1, 1, 1] = np.nan
+        nib.save(nib.Nifti1Image(data, img.affine), target)
+    return folder, target
+
+
+@pytest.mark.parametrize("how, message", [("missing", "missing sequence(s) t2w"), ("not_nifti", "not a readable NIfTI"),
+                                          ("shape", "disagrees"), ("nan", "non-finite")])
+def test_bad_input_names_the_file_exits_2_and_writes_nothing(trained, tmp_path, how, message):
+    root, model_dir, _ = trained
+    case = discover_cases(root / "raw")[0]
+    folder, target = _broken_copy(case, tmp_path, how)
+    result = CliRunner().invoke(app, ["predict", str(folder), "--model", str(model_dir), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert (target.name if how != "missing" else str(folder)) in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_model_from_the_mlflow_registry(trained, tmp_path, monkeypatch):
+    root, model_dir, uri = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    case = discover_cases(root / "raw")[0]
+    assert _invoke("predict", case.path, "--model", model_dir, "--out", tmp_path / "file").exit_code == 0
+    result = _invoke("predict", case.path, "--model", "models:/tumorseg-unet/1", "--out", tmp_path / "registry")
+    assert result.exit_code == 0, result.output
+    name = f"{case.case_id}-seg.nii.gz"
+    a = np.asanyarray(nib.load(tmp_path / "file" / name).dataobj)
+    b = np.asanyarray(nib.load(tmp_path / "registry" / name).dataobj)
+    assert np.array_equal(a, b)
+
+
+def test_unknown_model_is_a_clear_error(trained, tmp_path):
+    root, _, _ = trained
+    case = discover_cases(root / "raw")[0]
+    result = CliRunner().invoke(app, ["predict", str(case.path), "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "no trained model here" in result.output
