@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -40,6 +42,24 @@ def simple_volumes(shape=(12, 10, 8), seed=0) -> dict[str, np.ndarray]:
     seg[4, 4, 3] = 1
     vols[MASK] = seg
     return vols
+
+
+def copy_repo(dest: Path) -> None:
+    """The working tree's tracked and untracked-not-ignored files, without DVC outputs, dvc.lock or metrics."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
+    for rel in files:
+        src = REPO_ROOT / rel
+        if src.is_file() and not rel.startswith(("data/", "metrics/")) and rel != "dvc.lock":
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def run_cmd(cmd, cwd, env):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="session")

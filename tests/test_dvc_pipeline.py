@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, copy_repo as _copy_repo, run_cmd as _run
 from tumorseg import paths
 
 SRC = REPO_ROOT / "src"
@@ -91,23 +91,6 @@ def test_dvc_yaml_paths_match_the_library():
     assert stages["preprocess"]["outs"] == [paths.PREPROCESSED_DIR.as_posix()]
     assert stages["split"]["outs"] == [paths.SPLIT.as_posix()]
     assert paths.SLICE_INDEX.parent == paths.PREPROCESSED_DIR
-
-
-def _copy_repo(dest: Path) -> None:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT, check=True, capture_output=True, text=True
-    ).stdout.split()
-    for rel in files:
-        src = REPO_ROOT / rel
-        if src.is_file() and not rel.startswith(("data/", "metrics/")) and rel != "dvc.lock":
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-
-
-def _run(cmd, cwd, env):
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

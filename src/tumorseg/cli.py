@@ -147,6 +147,28 @@ def app_command(
     raise typer.Exit(subprocess.call(cmd, env=env))
 
 
+@app.command("ci-report")
+def ci_report(
+    base: str = typer.Option("main", help="The git revision to compare with (the pull request's base branch)."),
+    out: Path = typer.Option(None, help="Also write the markdown here (for the PR comment and the job summary)."),
+) -> None:
+    """Markdown for CI: each model's test Dice and HD95 per region against BASE (dvc metrics diff), plus the
+    report stage's table."""
+    from tumorseg.ci_report import CiReportError, build_report
+
+    try:
+        text = build_report(base)
+    except CiReportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if out:
+        from tumorseg.fileio import atomic_file
+
+        with atomic_file(out) as tmp:
+            tmp.write_text(text)
+    typer.echo(text)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

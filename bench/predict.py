@@ -1,0 +1,84 @@
+"""Seconds to segment one 240 x 240 x 155 patient with `tumorseg predict`, per model, on this CPU.
+
+End to end as the command does it: read the four NIfTI files, preprocess as in training, predict
+every slice with brain in batches, write the label map. The models are the pipeline's trained ones
+(models/<name>; run `dvc repro` first); they are fully convolutional, so the 96 x 96 training size
+does not limit the input. The original project promised "under 5 minutes"; the target here is
+resnet_unet under 15 s on 2 cores.
+
+    python bench/predict.py --repeats 3 --out bench/results/predict.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from tumorseg.data.brats import FILE_KINDS, case_filename  # noqa: E402
+from tumorseg.data.synthetic import SyntheticSettings, case_id, generate_case, write_nifti  # noqa: E402
+from tumorseg.models import MODEL_NAMES  # noqa: E402
+from tumorseg.prediction import case_from_folder, load_case, load_predictor, predict_volume, write_label_map  # noqa: E402
+
+
+def make_case(root: Path) -> Path:
+    settings = SyntheticSettings(n_patients=1, shape=(240, 240, 155), seed=7)
+    volumes, affine = generate_case(2, "glioma", settings)
+    folder = root / case_id(2)
+    folder.mkdir(parents=True)
+    for kind in FILE_KINDS:
+        write_nifti(volumes[kind], affine, folder / case_filename(case_id(2), kind))
+    return folder
+
+
+def time_once(model, config, folder: Path, out: Path, batch: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    channels, reference = load_case(case_from_folder(folder))
+    t1 = time.perf_counter()
+    labels = predict_volume(model, config, channels, batch_size=batch)
+    t2 = time.perf_counter()
+    write_label_map(labels, reference, out)
+    t3 = time.perf_counter()
+    return {"read": t1 - t0, "preprocess + predict": t2 - t1, "write": t3 - t2, "total": t3 - t0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models-dir", type=Path, default=REPO / "models")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_case(Path(tmp))
+        rows = []
+        for name in MODEL_NAMES:
+            model, config = load_predictor(name, args.models_dir)
+            time_once(model, config, folder, Path(tmp) / "warm.nii.gz", args.batch)  # warm-up
+            runs = [time_once(model, config, folder, Path(tmp) / f"{name}.nii.gz", args.batch) for _ in range(args.repeats)]
+            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            rows.append(f"| {name} | {med['read']:.2f} | {med['preprocess + predict']:.2f} | {med['write']:.2f} | **{med['total']:.2f}** |")
+            print(rows[-1], flush=True)
+    lines = [f"`python bench/predict.py --repeats {args.repeats}` on {platform.machine()}, {os.cpu_count()} CPUs, "
+             f"torch {torch.__version__} ({torch.get_num_threads()} threads), one synthetic 240 x 240 x 155 patient, "
+             f"batch {args.batch}, median of {args.repeats} after a warm-up", "",
+             "| model | read 4 NIfTI (s) | preprocess + predict (s) | write mask (s) | total (s) |", "|---|---|---|---|---|", *rows]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

