@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -123,7 +124,8 @@ def served_app(tiny_models_dir, tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "tumorseg.cli", "app", "--port", str(port), "--address", "127.0.0.1",
-                             "--models-dir", str(tiny_models_dir)], env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "--models-dir", str(tiny_models_dir)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -138,9 +140,10 @@ def served_app(tiny_models_dir, tmp_path):
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)  # the whole session: no server outlives the test
         proc.wait(timeout=20)
         log.close()
+    assert proc.returncode is not None
 
 
 def _chromium() -> str:

@@ -144,6 +144,8 @@ def app_command(
     env = dict(os.environ, TUMORSEG_MODELS_DIR=str(models_dir.resolve()))
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port), "--server.address", address,
            "--server.headless", "true", "--server.maxUploadSize", str(MAX_UPLOAD_MB), "--browser.gatherUsageStats", "false"]
+    if os.name == "posix":
+        os.execve(sys.executable, cmd, env)  # become the server: signals (Ctrl-C, a supervisor's SIGTERM) reach it directly
     raise typer.Exit(subprocess.call(cmd, env=env))
 
 

@@ -178,10 +178,17 @@ def _load_mlflow(uri: str, device):
     mlflow.set_tracking_uri(tracking_uri(MlflowSettings()))
     try:
         run_id = mlflow.models.get_model_info(uri).run_id
+        logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
+        if not {CONFIG_FILE, WEIGHTS_FILE} <= logged:
+            raise InputError(f"{uri}: its training run {run_id} has no {CONFIG_FILE} + {WEIGHTS_FILE} artifacts (it was "
+                             f"logged by an older tumorseg); retrain it (`dvc repro -f train@<model>`) or pass the model "
+                             f"folder instead (--model models/<model>)")
         with tempfile.TemporaryDirectory() as tmp:
             for name in (CONFIG_FILE, WEIGHTS_FILE):
                 mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=tmp)
             return load_model(Path(tmp), device)
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(f"{uri}: cannot load the model from MLflow at {mlflow.get_tracking_uri()} "
                          f"({type(exc).__name__}: {exc})") from None
