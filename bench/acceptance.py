@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _output import emit  # noqa: E402  (bench/ is on sys.path when a script runs)
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("unet", "resnet_unet", "transunet")
 
@@ -59,10 +61,7 @@ def main() -> None:
     lines = [f"`python bench/acceptance.py` on {platform.machine()}, {os.cpu_count()} CPUs", "", table, ""]
     lines += [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in checks]
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from tumorseg.models import MODEL_NAMES, build_model, count_parameters  # noqa: E402
 from tumorseg.training.losses import segmentation_loss  # noqa: E402
 
+from _output import emit  # noqa: E402  (bench/ is on sys.path when a script runs)
+
 BATCH = {"unet": 16, "resnet_unet": 16, "transunet": 8}
 ARCH = {"unet": {"base_channels": 32}, "resnet_unet": {}, "transunet": {}}  # the real-data profile's sizes
 
@@ -119,10 +121,7 @@ def main() -> None:
               "| model | best val mean Dice | seconds | weights of the two runs |", "|---|---|---|---|"]
     lines += pipeline_training(args.store, args.split)
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

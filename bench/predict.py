@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from _output import emit  # noqa: E402  (bench/ is on sys.path when a script runs)
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
@@ -74,10 +76,7 @@ def main() -> None:
              f"batch {args.batch}, median of {args.repeats} after a warm-up", "",
              "| model | read 4 NIfTI (s) | preprocess + predict (s) | write mask (s) | total (s) |", "|---|---|---|---|---|", *rows]
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

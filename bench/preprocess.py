@@ -28,6 +28,8 @@ from tumorseg.data.preprocess import PreprocessSettings, _process_case
 from tumorseg.data.slices import SliceStore
 from tumorseg.data.synthetic import SyntheticSettings, write_dataset
 
+from _output import emit  # bench/ is on sys.path when a script runs
+
 
 def bare_read(case) -> None:
     for kind in FILE_KINDS:
@@ -90,10 +92,7 @@ def main() -> None:
         f"p99 {1e3 * float(np.percentile(lat, 99)):.3f} ms",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(text, args.out)
 
 
 if __name__ == "__main__":
