@@ -166,11 +166,13 @@ def test_in_a_real_browser(served_app, tmp_path):
         page.goto(served_app)
         expect(page.get_by_text("Brain-tumour segmentation")).to_be_visible(timeout=60_000)
 
-        # the bundled sample is preselected; segment it
+        # choose the bundled sample (the default source) and segment it
+        page.get_by_text("Sample patient", exact=True).click()
         page.get_by_role("button", name="Run segmentation").click()
         caption = page.get_by_text("Predicted regions, slice")
         expect(caption).to_be_visible(timeout=120_000)
         expect(page.get_by_text("Ground truth, slice")).to_be_visible()
+        expect(page.get_by_text(f"{SAMPLE_ID} - unet")).to_be_visible()  # the sample, segmented by the chosen model
         first = int(caption.inner_text().rsplit(" ", 1)[1])
 
         # move the slider one step with the keyboard, as a person would
