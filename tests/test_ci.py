@@ -81,6 +81,7 @@ def test_retrain_report_push_and_pull(tmp_path):
     # the base branch: the whole pipeline, committed with its dvc.lock and metrics
     first = run_cmd(dvc + ["repro"], repo, env)
     assert _ran(first) == {"download", "preprocess", "split", "report"} | {f"{s}@{m}" for s in ("train", "evaluate") for m in MODELS}
+    assert "no MLflow alias set: tracking or registration is off" in (repo / "reports" / "comparison.md").read_text()
     run_cmd(git + ["add", "-A"], repo, env)
     run_cmd(git + ["commit", "-qm", "base"], repo, env)
     base = run_cmd(git + ["rev-parse", "HEAD"], repo, env).strip()

@@ -127,8 +127,10 @@ def run_report(models: list[str], metrics_dir: Path, models_dir: Path, evaluatio
     baseline = flair_threshold_baseline(store_dir, split)
     best = max(models, key=lambda m: metrics[m]["dice_mean"])
     table = comparison_table(metrics, baseline)
+    champion = set_champion(mlflow_settings, best, sha256_file(Path(models_dir) / best / WEIGHTS_FILE))
+    alias = f"MLflow alias `champion` on `tumorseg-{best}`" if champion else "no MLflow alias set: tracking or registration is off"
     text = (f"# Model comparison on the test patients\n\n{table}\n\n"
-            f"Best by test mean Dice: **{best}** (MLflow alias `champion` on `tumorseg-{best}`).\n\n"
+            f"Best by test mean Dice: **{best}** ({alias}).\n\n"
             "Dice and HD95 are per-patient 3D means (BraTS conventions for empty masks); the slice-level WT Dice is the "
             "original project's measure (mean over test slices with tumour), shown for comparison only.\n\n"
             "![training curves](training_curves.png)\n\n![qualitative](qualitative.png)\n")
@@ -139,7 +141,6 @@ def run_report(models: list[str], metrics_dir: Path, models_dir: Path, evaluatio
     examples = json.loads((Path(evaluation_dir) / models[0] / EXAMPLES_INDEX).read_text())
     predictions = {m: np.load(Path(evaluation_dir) / m / EXAMPLES_FILE) for m in models}
     _save_png(qualitative_figure(store_dir, examples, predictions), reports_dir / "qualitative.png")
-    champion = set_champion(mlflow_settings, best, sha256_file(Path(models_dir) / best / WEIGHTS_FILE))
     log.info("report -> %s; best model %s (%s)", reports_dir, best, champion or "MLflow alias not set")
     print(table)
     return {"best": best, "metrics": metrics, "baseline": baseline}
