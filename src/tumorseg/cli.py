@@ -24,8 +24,7 @@ ParamsOption = typer.Option(paths.PARAMS, "--params", "-p", help="params.yaml to
 
 @app.command()
 def download(params: Path = ParamsOption) -> None:
-    """Generate (data.source: synthetic), copy (local) or fetch (url) BraTS-Africa into data/raw,
-    validate every case and write data/manifest.parquet."""
+    """Generate (data.source: synthetic), copy (local) or fetch (url) BraTS-Africa into data/raw, validate every case and write data/manifest.parquet."""
     from tumorseg.data.download import main
 
     df = main(params)
@@ -34,8 +33,7 @@ def download(params: Path = ParamsOption) -> None:
 
 @app.command()
 def preprocess(params: Path = ParamsOption) -> None:
-    """Stack the 4 sequences, crop, normalise and cut every valid case into axial slices
-    (data/preprocessed: per-case .npy arrays + Parquet slice index)."""
+    """Stack the 4 sequences, crop, normalise and cut every valid case into axial slices (data/preprocessed: per-case .npy arrays + Parquet slice index)."""
     from tumorseg.data.preprocess import main
 
     df = main(params)
@@ -57,8 +55,7 @@ ModelArgument = typer.Argument(..., help="unet | resnet_unet | transunet")
 
 @app.command()
 def train(model: str = ModelArgument, params: Path = ParamsOption) -> None:
-    """Train one model on the patient-level split (params: train, models.<model>, mlflow) and log it
-    to MLflow; writes models/<model>/. A killed training resumes from checkpoints/<model>/."""
+    """Train one model on the patient-level split (params: train, models.<model>, mlflow) and log it to MLflow; writes models/<model>/. A killed training resumes from checkpoints/<model>/."""
     from tumorseg.training.loop import main
 
     config = main(model, params)
@@ -67,8 +64,7 @@ def train(model: str = ModelArgument, params: Path = ParamsOption) -> None:
 
 @app.command()
 def evaluate(model: str = ModelArgument, params: Path = ParamsOption) -> None:
-    """Score a trained model on every test patient in 3D (Dice, HD95, sensitivity, specificity per region)
-    -> metrics/<model>.json and evaluation/<model>/."""
+    """Score a trained model on every test patient in 3D (Dice, HD95, sensitivity, specificity per region) -> metrics/<model>.json and evaluation/<model>/."""
     from tumorseg.evaluation.evaluate import main
 
     metrics = main(model, params)
@@ -77,8 +73,7 @@ def evaluate(model: str = ModelArgument, params: Path = ParamsOption) -> None:
 
 @app.command()
 def report(params: Path = ParamsOption) -> None:
-    """Compare the trained models side by side -> reports/ (table, training curves, qualitative figure);
-    the best gets the MLflow alias 'champion'."""
+    """Compare the trained models side by side -> reports/ (table, training curves, qualitative figure); the best gets the MLflow alias 'champion'."""
     from tumorseg.evaluation.report import main
 
     main(params)
@@ -98,9 +93,7 @@ def predict(
     batch_size: int = typer.Option(32, help="Slices per forward pass."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
 ) -> None:
-    """Segment new patients: a BraTS label map (0 background, 1 necrotic core, 2 edema, 3 enhancing
-    tumour) per patient, with the input's shape, affine and header. Bad input: a message naming the
-    file, exit code 2, no output for that patient."""
+    """Segment new patients: a BraTS label map (0 background, 1 necrotic core, 2 edema, 3 enhancing tumour) per patient, with the input's shape, affine and header. Bad input: a message naming the file, exit code 2, no output for that patient."""
     from tumorseg.logs import setup_logging
     from tumorseg.prediction import InputError, case_from_files, cases_in_folder, run_predict
 
@@ -132,8 +125,7 @@ def app_command(
     address: str = typer.Option("localhost", help="Address to bind (localhost: this machine only)."),
     models_dir: Path = typer.Option(paths.MODELS_DIR, help="Folder with the trained models (models/<name>)."),
 ) -> None:
-    """Start the Streamlit app: pick the bundled sample patient or upload one, segment it with a trained
-    model, browse the slices with the regions overlaid, download the mask."""
+    """Start the Streamlit app: pick the bundled sample patient or upload one, segment it with a trained model, browse the slices with the regions overlaid, download the mask."""
     import os
     import subprocess
     import sys
@@ -154,8 +146,7 @@ def ci_report(
     base: str = typer.Option("main", help="The git revision to compare with (the pull request's base branch)."),
     out: Path = typer.Option(None, help="Also write the markdown here (for the PR comment and the job summary)."),
 ) -> None:
-    """Markdown for CI: each model's test Dice and HD95 per region against BASE (dvc metrics diff), plus the
-    report stage's table."""
+    """Markdown for CI: each model's test Dice and HD95 per region against BASE (dvc metrics diff), plus the report stage's table."""
     from tumorseg.ci_report import CiReportError, build_report
 
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.data.brats import CASE_ID_RE, SEQUENCES
+from tumorseg.data.brats import SEQUENCES
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,12 @@ class CaseInput:
     files: dict[str, Path]  # sequence (t1n, t1c, t2w, t2f) -> NIfTI file
 
 
-def _sequence_file(folder: Path, seq: str) -> Path | None:
-    matches = sorted(p for p in folder.iterdir() if p.is_file() and any(p.name.endswith(f"-{seq}{s}") for s in NIFTI_SUFFIXES))
+def find_volume(folder: Path, kind: str) -> Path | None:
+    """The <case>-<kind>.nii(.gz) file in ``folder`` (kind: a sequence, or seg for the mask), or None."""
+    folder = Path(folder)
+    matches = sorted(p for p in folder.iterdir() if p.is_file() and any(p.name.endswith(f"-{kind}{s}") for s in NIFTI_SUFFIXES))
     if len(matches) > 1:
-        raise InputError(f"{folder}: several files for sequence {seq}: {', '.join(m.name for m in matches)}; keep one")
+        raise InputError(f"{folder}: several files for {kind}: {', '.join(m.name for m in matches)}; keep one")
     return matches[0] if matches else None
 
 
@@ -45,7 +47,7 @@ def case_from_folder(folder: Path) -> CaseInput:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder")
-    files = {seq: _sequence_file(folder, seq) for seq in SEQUENCES}
+    files = {seq: find_volume(folder, seq) for seq in SEQUENCES}
     missing = [seq for seq, path in files.items() if path is None]
     if missing:
         raise InputError(f"{folder}: missing sequence(s) {', '.join(missing)}; expected files named "
@@ -58,10 +60,10 @@ def cases_in_folder(folder: Path) -> list[CaseInput]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder")
-    if any(_sequence_file(folder, seq) for seq in SEQUENCES):
+    if any(find_volume(folder, seq) for seq in SEQUENCES):
         return [case_from_folder(folder)]
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir())
-    cases = [case_from_folder(p) for p in subfolders if any(_sequence_file(p, seq) for seq in SEQUENCES)]
+    cases = [case_from_folder(p) for p in subfolders if any(find_volume(p, seq) for seq in SEQUENCES)]
     if not cases:
         raise InputError(f"{folder}: no BraTS NIfTI files (<case>-t1n.nii.gz, ...) in it or in its sub-folders")
     return cases
@@ -102,7 +104,8 @@ def load_case(case: CaseInput):
         if not np.isfinite(data).all():
             raise InputError(f"{path}: {int((~np.isfinite(data)).sum())} non-finite voxels")
         shape = data.shape
-        reference = reference or img
+        if reference is None:
+            reference = img
         channels.append(data)
     return channels, reference
 
@@ -218,7 +221,7 @@ def run_predict(cases: list[CaseInput], model_ref: str, out_dir: Path, models_di
             log.error("%s", exc)
             results.append((case, None, str(exc)))
             continue
-        path = output_path(out_dir, case.case_id if CASE_ID_RE.match(case.case_id) or case.case_id else "prediction")
+        path = output_path(out_dir, case.case_id or "prediction")
         write_label_map(labels, reference, path)
         results.append((case, path, None))
     return results

@@ -16,7 +16,7 @@ import streamlit as st
 from tumorseg.app import support
 from tumorseg.data.brats import SEQUENCES
 from tumorseg.models import MODEL_NAMES
-from tumorseg.prediction import InputError, label_map_bytes, load_case, load_predictor, predict_volume
+from tumorseg.prediction import InputError, case_from_folder, label_map_bytes, load_case, load_predictor, predict_volume
 
 MODELS_DIR = Path(os.environ.get("TUMORSEG_MODELS_DIR", "models"))
 SEQUENCE_NAMES = {"t1n": "T1 (native)", "t1c": "T1 + contrast", "t2w": "T2", "t2f": "T2-FLAIR"}
@@ -50,8 +50,6 @@ def sidebar() -> tuple[str | None, object | None, Path | None]:
         samples = support.sample_cases()
         chosen = st.sidebar.selectbox("Sample", list(samples), key="sample")
         if chosen:
-            from tumorseg.prediction import case_from_folder
-
             case, mask = case_from_folder(samples[chosen]), support.mask_file(samples[chosen])
     else:
         files = st.sidebar.file_uploader(

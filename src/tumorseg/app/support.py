@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.data.brats import SEQUENCES
-from tumorseg.prediction import NIFTI_SUFFIXES, CaseInput, InputError, case_from_folder
+from tumorseg.data.brats import MASK
+from tumorseg.prediction import NIFTI_SUFFIXES, CaseInput, InputError, case_from_folder, find_volume
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 MAX_UPLOAD_MB = 200  # per upload, all files together; a BraTS case is ~15 MB compressed
@@ -28,8 +28,7 @@ def sample_cases() -> dict[str, Path]:
 
 
 def mask_file(folder: Path) -> Path | None:
-    matches = sorted(p for p in Path(folder).iterdir() if any(p.name.endswith(f"-seg{s}") for s in NIFTI_SUFFIXES))
-    return matches[0] if matches else None
+    return find_volume(folder, MASK)
 
 
 def case_from_uploads(uploads: list[tuple[str, bytes]], workdir: Path) -> tuple[CaseInput, Path | None]:
@@ -121,6 +120,3 @@ def most_tumour_slice(labels: np.ndarray) -> int:
     """The axial slice with the most predicted tumour (the middle one when there is none)."""
     per_slice = (labels > 0).sum(axis=(0, 1))
     return int(per_slice.argmax()) if per_slice.any() else labels.shape[2] // 2
-
-
-__all__ = ["SEQUENCES", "case_from_uploads", "sample_cases", "overlay", "region_volumes_cm3", "region_dice"]
