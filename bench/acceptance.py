@@ -3,7 +3,9 @@
 Clones the repository into a temporary folder (committed state only), runs `dvc repro` there from
 nothing, times it, times a second (no-op) `dvc repro`, and checks the test metrics against the
 targets: every model WT Dice >= 0.85, the best >= 0.90, all well above the one-threshold FLAIR
-baseline; full run <= 10 min, no-op <= 5 s. Writes a markdown summary.
+baseline, the best not behind nnU-Net v2 2d trained 10 minutes on the same cores and split
+(bench/results/nnunet.md, from bench/nnunet_baseline/run.sh); full run <= 10 min, no-op <= 5 s.
+Writes a markdown summary.
 
     python bench/acceptance.py --out bench/results/acceptance.md
 """
@@ -24,6 +26,17 @@ from _output import emit  # noqa: E402  (bench/ is on sys.path when a script run
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("unet", "resnet_unet", "transunet")
+NNUNET_RESULT = REPO / "bench" / "results" / "nnunet.md"
+NNUNET_ROW = "| nnU-Net v2 2d, TTA |"
+
+
+def nnunet_dice(path: Path = NNUNET_RESULT) -> dict[str, float]:
+    """Test Dice WT/TC/ET of the nnU-Net v2 2d baseline (mirroring TTA, as nnU-Net predicts by default)."""
+    row = next((line for line in path.read_text().splitlines() if line.startswith(NNUNET_ROW)), None)
+    if row is None:
+        sys.exit(f"{path}: no '{NNUNET_ROW}' row; run `bash bench/nnunet_baseline/run.sh` first")
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    return {"WT": float(cells[1]), "TC": float(cells[2]), "ET": float(cells[3])}
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> float:
@@ -50,6 +63,8 @@ def main() -> None:
         baseline_row = next(line for line in table.splitlines() if line.startswith("| FLAIR"))
         baseline = float(baseline_row.split("|")[2])
     wt = {m: metrics[m]["dice_WT"] for m in MODELS}
+    best = max(MODELS, key=lambda m: metrics[m]["dice_mean"])
+    nnunet = nnunet_dice()
     checks = [
         (f"full `dvc repro` from a clean clone: {full / 60:.1f} min", full <= 600),
         (f"no-op `dvc repro`: {noop:.1f} s", noop <= 5),
@@ -57,6 +72,10 @@ def main() -> None:
         (f"best WT Dice >= 0.90: {max(wt.values()):.3f}", max(wt.values()) >= 0.90),
         (f"every model beats the one-threshold FLAIR baseline (WT {baseline:.3f}) by >= 0.15 WT Dice: "
          + ", ".join(f"{m} +{v - baseline:.3f}" for m, v in wt.items()), min(wt.values()) - baseline >= 0.15),
+        (f"the best model ({best}) does not trail nnU-Net v2 2d (10 min, 2 cores, batch 8, same split; "
+         f"{NNUNET_RESULT.relative_to(REPO)}) in WT Dice: " + ", ".join(
+             f"{r} {metrics[best][f'dice_{r}']:.3f} vs {nnunet[r]:.3f}" for r in ("WT", "TC", "ET")),
+         metrics[best]["dice_WT"] >= nnunet["WT"]),
     ]
     lines = [f"`python bench/acceptance.py` on {platform.machine()}, {os.cpu_count()} CPUs", "", table, ""]
     lines += [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in checks]

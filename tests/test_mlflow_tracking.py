@@ -90,11 +90,15 @@ def test_three_trainings_land_in_mlflow(tiny_pipeline, tmp_path, mlflow_server):
         versions = client.search_model_versions(f"name = '{registered_name(name)}'")
         assert [v.run_id for v in versions] == [run.info.run_id]
     champion = client.get_model_version_by_alias(registered_name(result["best"]), CHAMPION_ALIAS)
+    import mlflow.pyfunc
     import mlflow.pytorch
     import numpy as np
 
     model = mlflow.pytorch.load_model(f"models:/{registered_name(result['best'])}@{CHAMPION_ALIAS}")
     x = np.zeros((1, 4, 48, 48), dtype=np.float32)
     assert model(__import__("torch").from_numpy(x)).shape == (1, 3, 48, 48)
+    # Its requirements name the torch that trained it (tracking.log_model states them rather than inferring).
+    requirements = mlflow.pyfunc.get_model_dependencies(f"models:/{registered_name(result['best'])}@{CHAMPION_ALIAS}")
+    assert f"torch=={__import__('torch').__version__.split('+')[0]}" in Path(requirements).read_text().split()
     assert champion.version == "1"
     assert (tmp_path / "reports" / "comparison.md").read_text().count("|") > 30

@@ -92,6 +92,8 @@ def predict(
     t2f: Path = typer.Option(None, help="T2-FLAIR."),
     batch_size: int = typer.Option(32, help="Slices per forward pass."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Average the four in-plane mirrorings of every slice, as the "
+                             "evaluate stage does (evaluate.tta): the reported test metrics, for 4x the time."),
 ) -> None:
     """Segment new patients: a BraTS label map (0 background, 1 necrotic core, 2 edema, 3 enhancing tumour) per patient, with the input's shape, affine and header. Bad input: a message naming the file, exit code 2, no output for that patient."""
     from tumorseg.logs import setup_logging
@@ -108,7 +110,7 @@ def predict(
             cases = [case for folder in inputs for case in cases_in_folder(folder)]
         else:
             raise InputError("nothing to predict: give a patient folder, a folder of patients, or --t1n --t1c --t2w --t2f")
-        results = run_predict(cases, model, out, paths.MODELS_DIR, batch_size=batch_size, device=device)
+        results = run_predict(cases, model, out, paths.MODELS_DIR, batch_size=batch_size, device=device, tta=tta)
     except InputError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

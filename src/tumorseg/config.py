@@ -99,6 +99,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ParamsError(f"params.yaml: '{where}' must be a mapping")
         return from_mapping(tp, value, where)
     if tp is float:
+        if isinstance(value, str) and _is_float_text(value):
+            raise ParamsError(f"params.yaml: '{where}' must be a number, got the text {value!r}: YAML 1.1 reads "
+                              f"exponents without a dot as text; write {_yaml_float(value)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"params.yaml: '{where}' must be a number, got {value!r}")
         return float(value)
@@ -117,3 +120,17 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is Any:
         return value
     raise TypeError(f"unsupported settings type {tp} at {where}")
+
+
+def _is_float_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _yaml_float(text: str) -> str:
+    """'4e-3' -> '4.0e-3', the spelling YAML 1.1 (PyYAML, DVC) reads as a number."""
+    mantissa, _, exponent = text.lower().partition("e")
+    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}" if exponent else text

@@ -111,7 +111,7 @@ def load_case(case: CaseInput):
 
 
 def predict_volume(model, config: dict, channels: list[np.ndarray], batch_size: int = 32, device="cpu",
-                   amp_dtype=None) -> np.ndarray:
+                   amp_dtype=None, tta: bool = False) -> np.ndarray:
     """(X, Y, Z) BraTS labels for one patient, preprocessed as the model's training data was."""
     from tumorseg.config import from_mapping
     from tumorseg.data.preprocess import PreprocessSettings, preprocess_case
@@ -119,7 +119,7 @@ def predict_volume(model, config: dict, channels: list[np.ndarray], batch_size: 
 
     settings = from_mapping(PreprocessSettings, dict(config.get("preprocess") or {}), "model.json preprocess")
     images, _, _, (z0, _) = preprocess_case(channels, None, settings)
-    labels = predict_slices(model, images, batch_size=batch_size, device=device, amp_dtype=amp_dtype)
+    labels = predict_slices(model, images, batch_size=batch_size, device=device, amp_dtype=amp_dtype, tta=tta)
     return to_volume(labels, z0, channels[0].shape)
 
 
@@ -202,7 +202,7 @@ def output_path(out_dir: Path, case_id: str) -> Path:
 
 
 def run_predict(cases: list[CaseInput], model_ref: str, out_dir: Path, models_dir: Path, batch_size: int = 32,
-                device: str = "auto", progress: bool = True) -> list[tuple[CaseInput, Path | None, str | None]]:
+                device: str = "auto", progress: bool = True, tta: bool = False) -> list[tuple[CaseInput, Path | None, str | None]]:
     """Predict every case; a bad case is reported and skipped (nothing written for it), the others go on.
     Returns (case, written path or None, error or None) per case."""
     from tqdm.auto import tqdm
@@ -216,7 +216,7 @@ def run_predict(cases: list[CaseInput], model_ref: str, out_dir: Path, models_di
     for case in tqdm(cases, desc="predict", unit="patient", disable=not progress or len(cases) < 2):
         try:
             channels, reference = load_case(case)
-            labels = predict_volume(model, config, channels, batch_size, dev, amp)
+            labels = predict_volume(model, config, channels, batch_size, dev, amp, tta)
         except InputError as exc:
             log.error("%s", exc)
             results.append((case, None, str(exc)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,13 @@ EXAMPLES_INDEX = "examples.json"
 N_EXAMPLES = 3
 
 
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """The ``evaluate`` block of params.yaml."""
+
+    tta: bool = True  # average the four in-plane mirrorings, as nnU-Net predicts (4x the inference cost)
+
+
 def test_cases(split: pd.DataFrame) -> list[str]:
     """Patients whose slices are all in the test subset (all of them under a patient split)."""
     per_case = split.groupby("case_id")["split"].agg(lambda s: set(s))
@@ -56,7 +64,8 @@ def example_slices(store_dir: Path, split: pd.DataFrame, n: int = N_EXAMPLES) ->
 
 
 def evaluate_model(name: str, model_dir: Path, store_dir: Path, split_path: Path, manifest_path: Path, raw_dir: Path,
-                   metrics_path: Path, out_dir: Path, train: TrainSettings, mlflow_settings: MlflowSettings) -> dict:
+                   metrics_path: Path, out_dir: Path, train: TrainSettings, mlflow_settings: MlflowSettings,
+                   settings: EvaluateSettings = EvaluateSettings()) -> dict:
     device = pick_device(train.device)
     configure_determinism(train.deterministic, device)
     amp_dtype = pick_amp_dtype(train.amp, device)
@@ -71,7 +80,8 @@ def evaluate_model(name: str, model_dir: Path, store_dir: Path, split_path: Path
     for case_id in tqdm(test_cases(split), desc=f"evaluate {name}", unit="patient", dynamic_ncols=True):
         case = cases.loc[case_id]
         t0 = time.perf_counter()
-        labels = predict_slices(model, store._images(case_id), train.eval_batch_size, device, amp_dtype, train.channels_last)
+        labels = predict_slices(model, store._images(case_id), train.eval_batch_size, device, amp_dtype, train.channels_last,
+                                settings.tta)
         pred = to_volume(labels, int(case["z_start"]), (int(case["nx"]), int(case["ny"]), int(case["nz"])))
         seconds.append(time.perf_counter() - t0)
         truth = load_mask(Path(raw_dir) / manifest.loc[case_id, f"{MASK}_path"])
@@ -85,7 +95,8 @@ def evaluate_model(name: str, model_dir: Path, store_dir: Path, split_path: Path
         per_patient.to_csv(tmp, index=False, float_format="%.6g")
 
     examples = example_slices(store_dir, split)
-    preds = np.stack([predict_slices(model, np.asarray(store.image(c, r))[None], 1, device, amp_dtype, train.channels_last)[0]
+    preds = np.stack([predict_slices(model, np.asarray(store.image(c, r))[None], 1, device, amp_dtype, train.channels_last,
+                                     settings.tta)[0]
                       for c, r in examples])
     with atomic_file(out_dir / EXAMPLES_FILE) as tmp:
         np.save(tmp, preds)
@@ -122,4 +133,5 @@ def main(model: str, params_path: str | Path = "params.yaml") -> dict:
         model, paths.MODELS_DIR / model, paths.PREPROCESSED_DIR, paths.SPLIT, paths.MANIFEST, paths.RAW_DIR,
         paths.METRICS_DIR / f"{model}.json", paths.EVALUATION_DIR / model,
         from_mapping(TrainSettings, params.get("train"), "train"), from_mapping(MlflowSettings, params.get("mlflow"), "mlflow"),
+        from_mapping(EvaluateSettings, params.get("evaluate"), "evaluate"),
     )

@@ -9,10 +9,25 @@ from tumorseg.training.data import regions_to_labels
 from tumorseg.training.device import autocast
 
 
+# nnU-Net's test-time augmentation for 2D: every in-plane mirroring, sigmoid averaged.
+MIRROR_AXES: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+def region_probabilities(model: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """(N, 4, Y, X) -> (N, 3, Y, X) sigmoid region probabilities; with ``tta`` the mean over the
+    four mirrorings, which smooths boundary errors for 4x the cost."""
+    if not tta:
+        return torch.sigmoid(model(x).float())
+    total = torch.zeros(())
+    for axes in MIRROR_AXES:
+        total = total + (torch.sigmoid(model(x.flip(axes)).float()).flip(axes) if axes else torch.sigmoid(model(x).float()))
+    return total / len(MIRROR_AXES)
+
+
 @torch.no_grad()
 def predict_slices(model: torch.nn.Module, images: np.ndarray, batch_size: int = 32, device: torch.device | str = "cpu",
-                   amp_dtype: torch.dtype | None = None, channels_last: bool = True) -> np.ndarray:
-    """(Z, 4, Y, X) normalised slices -> (Z, Y, X) uint8 BraTS labels (sigmoid > 0.5 per region)."""
+                   amp_dtype: torch.dtype | None = None, channels_last: bool = True, tta: bool = False) -> np.ndarray:
+    """(Z, 4, Y, X) normalised slices -> (Z, Y, X) uint8 BraTS labels (probability > 0.5 per region)."""
     device = torch.device(device)
     model.eval()
     out = np.zeros((images.shape[0],) + images.shape[2:], dtype=np.uint8)
@@ -21,8 +36,8 @@ def predict_slices(model: torch.nn.Module, images: np.ndarray, batch_size: int =
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
-            logits = model(x)
-        out[start:start + len(x)] = regions_to_labels(logits.float() > 0).cpu().numpy()
+            probs = region_probabilities(model, x, tta)
+        out[start:start + len(x)] = regions_to_labels(probs > 0.5).cpu().numpy()
     return out
 
 

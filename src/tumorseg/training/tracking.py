@@ -124,9 +124,12 @@ class TrainingRun:
             output = model(torch.from_numpy(input_example)).numpy()
         signature = infer_signature(input_example, output)
         name = registered_name(self.model) if self.settings.register else None
+        # Explicit requirements: MLflow would otherwise infer them by reloading the model in a subprocess,
+        # ~10 s per model on 2 cores (a twentieth of the default pipeline's budget for three). The pt2
+        # (torch.export) model needs torch alone, which these name.
         mlflow.pytorch.log_model(
             model, name="model", signature=signature, input_example=input_example.astype(np.float32),
-            registered_model_name=name,
+            registered_model_name=name, pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
         )
 
     def end(self, status: str = "FINISHED") -> None:
