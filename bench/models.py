@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -29,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _output import cpu_model  # noqa: E402
 from tumorseg.models import build_model, count_parameters  # noqa: E402
 from tumorseg.models.blocks import DecoderBlock  # noqa: E402
 from tumorseg.models.runtime import cpu_flags, cpu_has_fast_bf16  # noqa: E402
@@ -164,16 +164,6 @@ class OtherLoad:
     def fraction(self) -> float:
         (t0, busy0, own0), (t1, busy1, own1) = self.start, self._sample()
         return max(0.0, (busy1 - busy0) - (own1 - own0)) / ((t1 - t0) * (os.cpu_count() or 1))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for _output
-from _output import emit  # noqa: E402
+from _output import cpu_model, emit  # noqa: E402
 
 ROWS = (("tta", "nnU-Net v2 2d, TTA", "tta"), ("notta", "nnU-Net v2 2d, no TTA", "notta"))
 STOP = re.compile(r"after ([\d.]+) s: (\d+) train iterations in (\d+) epochs \(batch (\d+)\)")
@@ -42,16 +42,6 @@ def training_facts(fold_dir: Path) -> dict:
             "trainer": fold_dir.parent.name.split("__")[0], "log": logs[-1].name}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, required=True, help="score.py's JSON, with keys tta and notta")
@@ -70,7 +60,7 @@ def main() -> None:
 
     header = ("| model | Dice WT | Dice TC | Dice ET | Dice mean | HD95 WT (mm) | HD95 TC | HD95 ET "
               f"| slice-level WT Dice | predict {n_test} patients (s) |")
-    lines = [f"`{args.command}` on {platform.machine()}, {cpu_name()}, {os.cpu_count()} CPUs"
+    lines = [f"`{args.command}` on {platform.machine()}, {cpu_model()}, {os.cpu_count()} CPUs"
              + (f"; {args.software}" if args.software else "") + f"; {t['threads']} torch threads", ""]
     if args.note:
         lines += [args.note, ""]
@@ -93,7 +83,7 @@ def main() -> None:
               f"- seconds: {t['seconds']:.1f} s of training (budget {t['limit']} s)"
               + (f"; `nnUNetv2_train` wall {timing['train']:.0f} s with set-up" if "train" in timing else ""),
               f"- batch size: {t['batch']}; patch size: {' x '.join(map(str, t['patch']))} (plans.json, {t['config']})",
-              f"- machine: {platform.platform()}, {cpu_name()}, {os.cpu_count()} CPUs",
+              f"- machine: {platform.platform()}, {cpu_model()}, {os.cpu_count()} CPUs",
               f"- command: `{args.command}`"]
     emit("\n".join(lines), args.out)
 
