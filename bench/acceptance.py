@@ -4,7 +4,7 @@ Clones the repository into a temporary folder (committed state only), runs `dvc 
 nothing, times it, times a second (no-op) `dvc repro`, and checks the test metrics against the
 targets: every model WT Dice >= 0.85, the best >= 0.90, all well above the one-threshold FLAIR
 baseline, the best not behind nnU-Net v2 2d trained 10 minutes on the same cores and split
-(bench/results/nnunet.md, from bench/nnunet_baseline/run.sh); full run <= 10 min, no-op <= 5 s.
+(the mean of the runs in bench/results/nnunet*.md, from bench/nnunet_baseline/run.sh); full run <= 10 min, no-op <= 5 s.
 Writes a markdown summary.
 
     python bench/acceptance.py --out bench/results/acceptance.md
@@ -26,17 +26,24 @@ from _output import emit  # noqa: E402  (bench/ is on sys.path when a script run
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("unet", "resnet_unet", "transunet")
-NNUNET_RESULT = REPO / "bench" / "results" / "nnunet.md"
+NNUNET_RESULTS = REPO / "bench" / "results"  # nnunet*.md: one file per run of bench/nnunet_baseline/run.sh
 NNUNET_ROW = "| nnU-Net v2 2d, TTA |"
+REGIONS = ("WT", "TC", "ET")
 
 
-def nnunet_dice(path: Path = NNUNET_RESULT) -> dict[str, float]:
-    """Test Dice WT/TC/ET of the nnU-Net v2 2d baseline (mirroring TTA, as nnU-Net predicts by default)."""
-    row = next((line for line in path.read_text().splitlines() if line.startswith(NNUNET_ROW)), None)
-    if row is None:
-        sys.exit(f"{path}: no '{NNUNET_ROW}' row; run `bash bench/nnunet_baseline/run.sh` first")
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    return {"WT": float(cells[1]), "TC": float(cells[2]), "ET": float(cells[3])}
+def nnunet_runs(folder: Path = NNUNET_RESULTS) -> dict[str, dict[str, float]]:
+    """Test Dice per region of every nnU-Net v2 2d baseline run (mirroring TTA, as nnU-Net predicts by default).
+    Its training is time-budgeted and not seeded, so runs differ; the check uses their mean."""
+    runs = {}
+    for path in sorted(folder.glob("nnunet*.md")):
+        row = next((line for line in path.read_text().splitlines() if line.startswith(NNUNET_ROW)), None)
+        if row is None:
+            sys.exit(f"{path}: no '{NNUNET_ROW}' row; rerun `bash bench/nnunet_baseline/run.sh`")
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        runs[path.name] = {r: float(cells[i + 1]) for i, r in enumerate(REGIONS)}
+    if not runs:
+        sys.exit(f"no {folder}/nnunet*.md; run `bash bench/nnunet_baseline/run.sh` first")
+    return runs
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> float:
@@ -64,7 +71,8 @@ def main() -> None:
         baseline = float(baseline_row.split("|")[2])
     wt = {m: metrics[m]["dice_WT"] for m in MODELS}
     best = max(MODELS, key=lambda m: metrics[m]["dice_mean"])
-    nnunet = nnunet_dice()
+    runs = nnunet_runs()
+    nnunet = {r: sum(run[r] for run in runs.values()) / len(runs) for r in REGIONS}
     checks = [
         (f"full `dvc repro` from a clean clone: {full / 60:.1f} min", full <= 600),
         (f"no-op `dvc repro`: {noop:.1f} s", noop <= 5),
@@ -72,9 +80,9 @@ def main() -> None:
         (f"best WT Dice >= 0.90: {max(wt.values()):.3f}", max(wt.values()) >= 0.90),
         (f"every model beats the one-threshold FLAIR baseline (WT {baseline:.3f}) by >= 0.15 WT Dice: "
          + ", ".join(f"{m} +{v - baseline:.3f}" for m, v in wt.items()), min(wt.values()) - baseline >= 0.15),
-        (f"the best model ({best}) does not trail nnU-Net v2 2d (10 min, 2 cores, batch 8, same split; "
-         f"{NNUNET_RESULT.relative_to(REPO)}) in WT Dice: " + ", ".join(
-             f"{r} {metrics[best][f'dice_{r}']:.3f} vs {nnunet[r]:.3f}" for r in ("WT", "TC", "ET")),
+        (f"the best model ({best}) does not trail nnU-Net v2 2d (10 min, 2 cores, batch 8, same split; mean of "
+         f"{len(runs)} run(s): " + ", ".join(f"{name} WT {run['WT']:.3f}" for name, run in runs.items())
+         + ") in WT Dice: " + ", ".join(f"{r} {metrics[best][f'dice_{r}']:.3f} vs {nnunet[r]:.3f}" for r in REGIONS),
          metrics[best]["dice_WT"] >= nnunet["WT"]),
     ]
     lines = [f"`python bench/acceptance.py` on {platform.machine()}, {os.cpu_count()} CPUs", "", table, ""]

@@ -93,7 +93,7 @@ def predict(
     batch_size: int = typer.Option(32, help="Slices per forward pass."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Average the four in-plane mirrorings of every slice, as the "
-                             "evaluate stage does (evaluate.tta): the reported test metrics, for 4x the time."),
+                             "evaluate stage does (evaluate.tta): the reported test metrics, for about 4x the time."),
 ) -> None:
     """Segment new patients: a BraTS label map (0 background, 1 necrotic core, 2 edema, 3 enhancing tumour) per patient, with the input's shape, affine and header. Bad input: a message naming the file, exit code 2, no output for that patient."""
     from tumorseg.logs import setup_logging
