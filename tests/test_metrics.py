@@ -75,3 +75,15 @@ def test_slice_dice_only_counts_tumour_slices():
     pred[0, 0, 1] = 2
     pred[0, 0, 2] = 2  # false positive on a slice without tumour: not counted, as the original
     assert slice_dice_wt(pred, truth) == [1.0]
+
+
+def test_summarise_means_and_rounding_by_hand():
+    from tumorseg.evaluation.metrics import summarise
+
+    rows = [{"dice_WT": 0.9, "dice_TC": 0.8, "dice_ET": 1.0, "hd95_WT": 1.0, "hd95_TC": 2.0, "hd95_ET": 0.0},
+            {"dice_WT": 0.7, "dice_TC": 0.6, "dice_ET": 0.0, "hd95_WT": 3.0, "hd95_TC": 4.0, "hd95_ET": 373.12}]
+    s = summarise(rows, [0.5, 1.0, 0.0])
+    assert s["n_patients"] == 2
+    assert (s["dice_WT"], s["dice_TC"], s["dice_ET"], s["dice_mean"]) == (0.8, 0.7, 0.5, 0.6667)
+    assert (s["hd95_WT"], s["hd95_TC"], s["hd95_ET"], s["hd95_mean"]) == (2.0, 3.0, 186.56, 63.85)
+    assert s["slice_dice_WT"] == 0.5 and summarise(rows, [])["slice_dice_WT"] is None

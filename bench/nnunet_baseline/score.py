@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
 
 from tumorseg.data.brats import MASK, case_filename, load_mask  # noqa: E402
-from tumorseg.evaluation.metrics import REGIONS, slice_dice_wt, volume_metrics  # noqa: E402
+from tumorseg.evaluation.metrics import REGIONS, slice_dice_wt, summarise, volume_metrics  # noqa: E402
 
 
 def score_case(pred_path: Path, gt_path: Path) -> tuple[dict, list[float]]:
@@ -32,19 +32,6 @@ def score_case(pred_path: Path, gt_path: Path) -> tuple[dict, list[float]]:
     assert set(np.unique(pred).tolist()) <= {0, 1, 2, 3}, (pred_path, np.unique(pred))
     spacing = tuple(float(z) for z in g_img.header.get_zooms()[:3])
     return volume_metrics(pred, truth, spacing), slice_dice_wt(pred, truth)
-
-
-def summarise(rows: list[dict], slice_dices: list[float]) -> dict:
-    """As tumorseg.evaluation.evaluate.evaluate_model summarises per_patient."""
-    s = {"n_patients": len(rows)}
-    for r in REGIONS:
-        s[f"dice_{r}"] = round(float(np.mean([row[f"dice_{r}"] for row in rows])), 4)
-    s["dice_mean"] = round(float(np.mean([s[f"dice_{r}"] for r in REGIONS])), 4)
-    for r in REGIONS:
-        s[f"hd95_{r}"] = round(float(np.mean([row[f"hd95_{r}"] for row in rows])), 2)
-    s["hd95_mean"] = round(float(np.mean([s[f"hd95_{r}"] for r in REGIONS])), 2)
-    s["slice_dice_WT"] = round(float(np.mean(slice_dices)), 4) if slice_dices else None
-    return s
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from tumorseg.data.brats import MASK, load_mask, read_manifest
 from tumorseg.data.slices import SliceStore, read_case_index
 from tumorseg.data.split import read_split
 from tumorseg.evaluation.inference import predict_slices, to_volume
-from tumorseg.evaluation.metrics import REGIONS, slice_dice_wt, volume_metrics
+from tumorseg.evaluation.metrics import slice_dice_wt, summarise, volume_metrics
 from tumorseg.fileio import atomic_file, sha256_file
 from tumorseg.training.checkpoint import WEIGHTS_FILE, load_model
 from tumorseg.training.device import configure_determinism, pick_amp_dtype, pick_device
@@ -103,14 +103,7 @@ def evaluate_model(name: str, model_dir: Path, store_dir: Path, split_path: Path
     with atomic_file(out_dir / EXAMPLES_INDEX) as tmp:
         tmp.write_text(json.dumps([{"case_id": c, "row": r} for c, r in examples], indent=2) + "\n")
 
-    metrics = {"n_patients": len(per_patient)}
-    for region in REGIONS:
-        metrics[f"dice_{region}"] = round(float(per_patient[f"dice_{region}"].mean()), 4)
-    metrics["dice_mean"] = round(float(np.mean([metrics[f"dice_{r}"] for r in REGIONS])), 4)
-    for region in REGIONS:
-        metrics[f"hd95_{region}"] = round(float(per_patient[f"hd95_{region}"].mean()), 2)
-    metrics["hd95_mean"] = round(float(np.mean([metrics[f"hd95_{r}"] for r in REGIONS])), 2)
-    metrics["slice_dice_WT"] = round(float(np.mean(slice_dices)), 4) if slice_dices else None
+    metrics = summarise(rows, slice_dices)
     metrics["seconds_per_volume"] = round(float(np.median(seconds)), 3)
     with atomic_file(metrics_path) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -16,12 +16,8 @@ MIRROR_AXES: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 def region_probabilities(model: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """(N, 4, Y, X) -> (N, 3, Y, X) sigmoid region probabilities; with ``tta`` the mean over the
     four mirrorings, which smooths boundary errors for 4x the cost."""
-    if not tta:
-        return torch.sigmoid(model(x).float())
-    total = torch.zeros(())
-    for axes in MIRROR_AXES:
-        total = total + (torch.sigmoid(model(x.flip(axes)).float()).flip(axes) if axes else torch.sigmoid(model(x).float()))
-    return total / len(MIRROR_AXES)
+    flips = MIRROR_AXES if tta else ((),)
+    return sum(torch.sigmoid(model(x.flip(axes)).float()).flip(axes) for axes in flips) / len(flips)
 
 
 @torch.no_grad()

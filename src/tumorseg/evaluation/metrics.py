@@ -75,3 +75,17 @@ def slice_dice_wt(pred_labels: np.ndarray, truth_labels: np.ndarray, axis: int =
     p = np.moveaxis(pred_labels > 0, axis, 0)
     t = np.moveaxis(truth_labels > 0, axis, 0)
     return [dice(ps, ts) for ps, ts in zip(p, t) if ts.any()]
+
+
+def summarise(per_patient: list[dict[str, float]], slice_dices: list[float]) -> dict[str, float | int | None]:
+    """The numbers of metrics/<model>.json: mean Dice (4 decimals) and HD95 (2) per region and over the
+    regions, and the mean slice-level WT Dice; shared so other scorers (bench/nnunet_baseline) compare."""
+    out: dict[str, float | int | None] = {"n_patients": len(per_patient)}
+    for region in REGIONS:
+        out[f"dice_{region}"] = round(float(np.mean([row[f"dice_{region}"] for row in per_patient])), 4)
+    out["dice_mean"] = round(float(np.mean([out[f"dice_{r}"] for r in REGIONS])), 4)
+    for region in REGIONS:
+        out[f"hd95_{region}"] = round(float(np.mean([row[f"hd95_{region}"] for row in per_patient])), 2)
+    out["hd95_mean"] = round(float(np.mean([out[f"hd95_{r}"] for r in REGIONS])), 2)
+    out["slice_dice_WT"] = round(float(np.mean(slice_dices)), 4) if slice_dices else None
+    return out
