@@ -105,7 +105,7 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/gpu.py needs a CUDA GPU; none is visible")
-    from tumorseg.training.device import pick_amp_dtype, pick_device
+    from tumorseg.models.runtime import pick_amp_dtype, pick_device
 
     device = pick_device("auto")
     lines = [f"`python bench/gpu.py` on {torch.cuda.get_device_name()}, torch {torch.__version__}, {platform.python_version()}",

@@ -9,8 +9,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 
-from tumorseg.data.brats import COHORT_FOLDER, FILE_KINDS, MASK, SEQUENCES, case_filename
+from tumorseg.data.brats import COHORT_FOLDER, FILE_KINDS, MASK, case_filename
+from tumorseg.data.labels import SEQUENCES
 from tumorseg.data.synthetic import SyntheticSettings, write_dataset, write_nifti
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -107,3 +109,26 @@ def tiny_models_dir(tiny_pipeline):
                     tiny_pipeline / "pre", tiny_pipeline / "split.parquet", models / "unet", tiny_pipeline / "app_ckpt",
                     preprocess_config={"crop": "brain", "normalize": "minmax"})
     return models
+
+
+def tiny_params(repo: Path) -> dict:
+    """The repo's params.yaml shrunk so the whole DAG runs in about a minute (7 patients of 40 x 40 x 24, tiny models)."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["synthetic"].update(n_patients=7, shape=[40, 40, 24])
+    params["data"]["workers"] = params["preprocess"]["workers"] = 1
+    params["train"].update(epochs=1, samples_per_epoch=16, patch_size=32, eval_batch_size=16)
+    params["models"]["unet"].update(epochs=1, batch_size=8, arch={"base_channels": 8, "depth": 2})
+    params["models"]["resnet_unet"].update(epochs=1, batch_size=8, arch={"pretrained": False, "decoder_channels": [32, 32, 16, 16, 8]})
+    params["models"]["transunet"].update(epochs=1, batch_size=8, arch={"pretrained": False, "hidden_dim": 64, "depth": 1, "num_heads": 4,
+                                                                      "head_channels": 64, "decoder_channels": [32, 16, 16, 8]})
+    params["mlflow"]["enabled"] = False
+    return params
+
+
+def write_params(repo: Path, params: dict) -> None:
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def ran_stages(output: str) -> set[str]:
+    """The stages a `dvc repro` output says it ran."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, copy_repo, run_cmd
+from conftest import REPO_ROOT, copy_repo, ran_stages, run_cmd, tiny_params, write_params
 
 WORKFLOW = REPO_ROOT / ".github" / "workflows" / "retrain.yml"
 MODELS = ("unet", "resnet_unet", "transunet")
@@ -44,34 +44,13 @@ def test_workflow_runs_the_project_commands():
     assert "echo $" not in text and "set -x" not in text  # secrets are never echoed
 
 
-def _tiny_params(repo: Path) -> dict:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["synthetic"].update(n_patients=7, shape=[40, 40, 24])
-    params["data"]["workers"] = params["preprocess"]["workers"] = 1
-    params["train"].update(epochs=1, samples_per_epoch=16, patch_size=32, eval_batch_size=16)
-    params["models"]["unet"].update(epochs=1, batch_size=8, arch={"base_channels": 8, "depth": 2})
-    params["models"]["resnet_unet"].update(epochs=1, batch_size=8, arch={"pretrained": False, "decoder_channels": [32, 32, 16, 16, 8]})
-    params["models"]["transunet"].update(epochs=1, batch_size=8, arch={"pretrained": False, "hidden_dim": 64, "depth": 1, "num_heads": 4,
-                                                                      "head_channels": 64, "decoder_channels": [32, 16, 16, 8]})
-    params["mlflow"]["enabled"] = False
-    return params
-
-
-def _write(repo: Path, params: dict) -> None:
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def _ran(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
-
-
 @pytest.mark.slow
 def test_retrain_report_push_and_pull(tmp_path):
     repo, remote, second = tmp_path / "repo", tmp_path / "remote", tmp_path / "second"
     repo.mkdir()
     copy_repo(repo)
-    params = _tiny_params(repo)
-    _write(repo, params)
+    params = tiny_params(repo)
+    write_params(repo, params)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", GIT_AUTHOR_NAME="t",
                GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     git, dvc = ["git"], [sys.executable, "-m", "dvc"]
@@ -80,7 +59,7 @@ def test_retrain_report_push_and_pull(tmp_path):
 
     # the base branch: the whole pipeline, committed with its dvc.lock and metrics
     first = run_cmd(dvc + ["repro"], repo, env)
-    assert _ran(first) == {"download", "preprocess", "split", "report"} | {f"{s}@{m}" for s in ("train", "evaluate") for m in MODELS}
+    assert ran_stages(first) == {"download", "preprocess", "split", "report"} | {f"{s}@{m}" for s in ("train", "evaluate") for m in MODELS}
     assert "no MLflow alias set: tracking or registration is off" in (repo / "reports" / "comparison.md").read_text()
     run_cmd(git + ["add", "-A"], repo, env)
     run_cmd(git + ["commit", "-qm", "base"], repo, env)
@@ -89,9 +68,9 @@ def test_retrain_report_push_and_pull(tmp_path):
 
     # a pull request that changes one model's params reruns that model's stages and the report only
     params["models"]["unet"].update(epochs=40, lr=5e-3)  # long enough to find some tumour: its Dice must move
-    _write(repo, params)
+    write_params(repo, params)
     second_run = run_cmd(dvc + ["repro"], repo, env)
-    assert _ran(second_run) == {"train@unet", "evaluate@unet", "report"}
+    assert ran_stages(second_run) == {"train@unet", "evaluate@unet", "report"}
     new_unet = json.loads((repo / "metrics" / "unet.json").read_text())
 
     # the report shows unet's change against the base commit, and no change for the others
@@ -122,4 +101,4 @@ def test_retrain_report_push_and_pull(tmp_path):
     assert not missing
     assert (second / "models/unet/model.safetensors").read_bytes() == (repo / "models/unet/model.safetensors").read_bytes()
     again = run_cmd(dvc + ["repro"], second, env)
-    assert not _ran(again) and "Data and pipelines are up to date" in again
+    assert not ran_stages(again) and "Data and pipelines are up to date" in again

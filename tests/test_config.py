@@ -20,6 +20,11 @@ def test_repository_params_parse():
     from_mapping(PreprocessSettings, params["preprocess"], "preprocess")
     assert from_mapping(SplitSettings, params["split"], "split").fractions == (0.7, 0.15, 0.15)
     assert from_mapping(EvaluateSettings, params["evaluate"], "evaluate").tta is True
+    from tumorseg.training.settings import ModelSettings, TrainSettings
+
+    from_mapping(TrainSettings, params["train"], "train")
+    for name, block in params["models"].items():
+        from_mapping(ModelSettings, block, f"models.{name}")
     with pytest.raises(ParamsError, match="'evaluate.tta' must be"):
         from_mapping(EvaluateSettings, {"tta": "maybe"}, "evaluate")
 
@@ -55,3 +60,53 @@ def test_missing_params_file(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ParamsError, match="mapping at the top level"):
         read_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    "cls_path, mapping, where, message",
+    [
+        ("train", {"foreground_fraction": 2.0}, "train", r"'train.foreground_fraction' = 2.0; must be in \[0, 1\]"),
+        ("train", {"augment": {"spatial_p": 1.5}}, "train", r"'train.augment.spatial_p' = 1.5; must be in \[0, 1\]"),
+        ("train", {"augment": {"scale": [1.2, 0.8]}}, "train", r"'train.augment.scale' = \[1.2, 0.8\]; must be \[low, high\] with low <= high"),
+        ("train", {"augment": {"scale": [0.0, 1.1]}}, "train", r"'train.augment.scale' = \[0.0, 1.1\]; must be > 0"),
+        ("train", {"epochs": 0}, "train", r"'train.epochs' = 0; must be >= 1"),
+        ("train", {"eval_batch_size": 0}, "train", r"'train.eval_batch_size' = 0; must be >= 1"),
+        ("train", {"patch_size": 16}, "train", r"'train.patch_size' = 16; must be 0 \(whole slices\) or >= 32"),
+        ("model", {"lr": 0.0, "batch_size": 8}, "models.unet", r"'models.unet.lr' = 0.0; must be > 0"),
+        ("model", {"lr": 1e-3, "batch_size": 0}, "models.unet", r"'models.unet.batch_size' = 0; must be >= 1"),
+        ("split", {"fractions": [0.7, 0.2, 0.2]}, "split", r"'split.fractions' = \[0.7, 0.2, 0.2\]; must add up to 1"),
+        ("split", {"fractions": [0.9, 0.0, 0.1]}, "split", r"'split.fractions'.*train and val"),
+        ("preprocess", {"percentiles": [99.5, 0.5]}, "preprocess", r"'preprocess.percentiles' = \[99.5, 0.5\]; must be \[low, high\]"),
+        ("preprocess", {"percentiles": [0.5, 101]}, "preprocess", r"'preprocess.percentiles' = \[0.5, 101.0\]; must be in \[0, 100\]"),
+        ("data", {"workers": 0}, "data", r"'data.workers' = 0; must be >= 1"),
+        ("data", {"synthetic": {"glioma_fraction": 1.5}}, "data", r"'data.synthetic.glioma_fraction' = 1.5; must be in \[0, 1\]"),
+    ],
+)
+def test_out_of_range_values_name_the_key(cls_path, mapping, where, message):
+    from tumorseg.training.settings import ModelSettings, TrainSettings
+
+    cls = {"train": TrainSettings, "model": ModelSettings, "split": SplitSettings, "preprocess": PreprocessSettings,
+           "data": DataSettings}[cls_path]
+    with pytest.raises(ParamsError, match=message):
+        from_mapping(cls, mapping, where)
+
+
+def test_settings_built_in_code_are_checked_too():
+    from tumorseg.config import SettingError
+    from tumorseg.training.settings import AugmentSettings
+
+    with pytest.raises(SettingError, match=r"'scale' = \[1.2, 0.8\]"):
+        AugmentSettings(scale=(1.2, 0.8))
+    assert AugmentSettings(scale=(1.0, 1.0), spatial_p=1.0).spatial_p == 1.0  # the bounds themselves are allowed
+
+
+def test_evaluate_reads_only_its_keys_of_the_train_block():
+    from tumorseg.models.runtime import RuntimeSettings
+
+    params = read_params(REPO_ROOT / "params.yaml")
+    runtime = from_mapping(RuntimeSettings, params["train"], "train", subset=True)
+    assert runtime.eval_batch_size == params["train"]["eval_batch_size"] and runtime.amp == params["train"]["amp"]
+    with pytest.raises(ParamsError, match="'train.eval_batch_size' = -1"):
+        from_mapping(RuntimeSettings, {**params["train"], "eval_batch_size": -1}, "train", subset=True)
+    with pytest.raises(ParamsError, match="unknown key"):
+        from_mapping(RuntimeSettings, params["train"], "train")  # without subset the other keys are errors

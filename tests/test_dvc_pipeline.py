@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, copy_repo as _copy_repo, run_cmd as _run
+from conftest import REPO_ROOT, copy_repo as _copy_repo, ran_stages, run_cmd as _run, tiny_params, write_params
 from tumorseg import paths
 
 SRC = REPO_ROOT / "src"
@@ -93,19 +93,25 @@ def test_dvc_yaml_paths_match_the_library():
     assert paths.SLICE_INDEX.parent == paths.PREPROCESSED_DIR
 
 
-@pytest.mark.slow
-def test_dvc_repro_runs_and_second_run_is_a_noop(tmp_path):
+def _git_copy(tmp_path: Path, params: dict) -> tuple[Path, dict]:
+    """The working tree copied to a fresh git repo with ``params`` as its params.yaml; and the env to run dvc in."""
     repo = tmp_path / "repo"
     repo.mkdir()
     _copy_repo(repo)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["synthetic"].update(n_patients=7, shape=[40, 40, 24])
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(repo, params)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", GIT_AUTHOR_NAME="t",
                GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     _run(["git", "init", "-q"], repo, env)
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "copy"], repo, env)
+    return repo, env
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_and_second_run_is_a_noop(tmp_path):
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["data"]["synthetic"].update(n_patients=7, shape=[40, 40, 24])
+    repo, env = _git_copy(tmp_path, params)
     dvc = [sys.executable, "-m", "dvc"]
     out = _run(dvc + ["repro", "split"], repo, env)
     for stage in ("download", "preprocess", "split"):
@@ -117,6 +123,33 @@ def test_dvc_repro_runs_and_second_run_is_a_noop(tmp_path):
     assert "up to date" in status
     # changing one split param reruns split only
     params["split"]["seed"] = 7
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(repo, params)
     third = _run(dvc + ["repro", "split"], repo, env)
     assert "Running stage 'split'" in third and "Running stage 'preprocess'" not in third
+
+
+def _append(path: Path, line: str) -> None:
+    path.write_text(path.read_text() + line)
+
+
+@pytest.mark.slow
+def test_training_only_edits_never_rerun_evaluation(tmp_path):
+    """Evaluation imports no training code: an edit to the training loop or its settings retrains, the
+    (deterministic) weights come out byte-identical, and DVC skips evaluate; an edit to the metrics
+    reruns evaluate alone."""
+    repo, env = _git_copy(tmp_path, tiny_params(REPO_ROOT))
+    dvc = [sys.executable, "-m", "dvc"]
+    first = _run(dvc + ["repro", "evaluate@unet"], repo, env)
+    assert {"train@unet", "evaluate@unet"} <= ran_stages(first)
+    weights = (repo / "models" / "unet" / "model.safetensors").read_bytes()
+
+    _append(repo / "src" / "tumorseg" / "training" / "loop.py", "\n# a comment: the loop's code changed, its arithmetic did not\n")
+    _append(repo / "src" / "tumorseg" / "training" / "settings.py", "\n# and so did the settings module\n")
+    second = _run(dvc + ["repro", "evaluate@unet"], repo, env)
+    assert ran_stages(second) == {"train@unet"}, second
+    assert "Stage 'evaluate@unet' didn't change, skipping" in second
+    assert (repo / "models" / "unet" / "model.safetensors").read_bytes() == weights
+
+    _append(repo / "src" / "tumorseg" / "evaluation" / "metrics.py", "\n# an evaluation-only edit\n")
+    third = _run(dvc + ["repro", "evaluate@unet"], repo, env)
+    assert ran_stages(third) == {"evaluate@unet"}, third

@@ -17,7 +17,7 @@ from tumorseg.evaluation.evaluate import evaluate_model
 from tumorseg.evaluation.report import run_report
 from tumorseg.training.loop import train_model
 from tumorseg.training.settings import ModelSettings, TrainSettings
-from tumorseg.training.tracking import CHAMPION_ALIAS, TAG_WEIGHTS, MlflowSettings, registered_name
+from tumorseg.tracking import CHAMPION_ALIAS, TAG_WEIGHTS, MlflowSettings, registered_name
 
 TINY = {
     "unet": ModelSettings(lr=3e-3, batch_size=4, arch={"base_channels": 8, "depth": 2}),

@@ -11,13 +11,14 @@ import pytest
 from typer.testing import CliRunner
 
 from tumorseg.cli import app
-from tumorseg.data.brats import SEQUENCES, discover_cases
+from tumorseg.data.brats import discover_cases
+from tumorseg.data.labels import SEQUENCES
 from tumorseg.data.slices import SliceStore
 from tumorseg.evaluation.inference import predict_slices, to_volume
-from tumorseg.training import checkpoint
+from tumorseg.models import io as model_io
 from tumorseg.training.loop import train_model
 from tumorseg.training.settings import ModelSettings, TrainSettings
-from tumorseg.training.tracking import MlflowSettings
+from tumorseg.tracking import MlflowSettings
 
 pytestmark = pytest.mark.slow
 TRAIN = TrainSettings(epochs=1, samples_per_epoch=16, patience=0, device="cpu", seed=1, eval_batch_size=16)
@@ -31,7 +32,7 @@ def trained(tiny_pipeline, tmp_path_factory):
     db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
     mlflow_settings = MlflowSettings(enabled=True, experiment="predict-test", tracking_uri=f"sqlite:///{db}")
     out = root / "predict_model"
-    if not (out / checkpoint.WEIGHTS_FILE).is_file():
+    if not (out / model_io.WEIGHTS_FILE).is_file():
         train_model("unet", TRAIN, UNET, root / "pre", root / "split.parquet", out, root / "predict_ckpt", mlflow_settings,
                     preprocess_config={"crop": "brain", "normalize": "minmax"})
     return root, out, f"sqlite:///{db}"
@@ -55,7 +56,7 @@ def test_predicts_a_patient_folder_like_the_pipeline(trained, tmp_path):
     assert written.header.get_zooms() == source.header.get_zooms()
     assert set(np.unique(labels).tolist()) <= {0, 1, 2, 3}
     # Exactly the pipeline's preprocessing: the same labels as predicting the stored slices.
-    model, _ = checkpoint.load_model(model_dir)
+    model, _ = model_io.load_model(model_dir)
     images = np.asarray(SliceStore(root / "pre")._images(case.case_id))
     z0 = int(pd.read_parquet(root / "pre" / "cases.parquet").set_index("case_id").loc[case.case_id, "z_start"])
     expected = to_volume(predict_slices(model, images), z0, source.shape)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import write_case
-from tumorseg.data.brats import SEQUENCES
+from tumorseg.data.labels import SEQUENCES
 from tumorseg.data.download import DataSettings, run_download
 from tumorseg.data.preprocess import PreprocessSettings, axial_range, normalize_channel, preprocess_case, run_preprocess
 from tumorseg.data.slices import SliceStore, read_case_index, read_slice_index

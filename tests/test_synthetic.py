@@ -8,7 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tumorseg.data.brats import CASE_ID_RE, FILE_KINDS, LABELS, case_filename, discover_cases
+from tumorseg.data.brats import CASE_ID_RE, FILE_KINDS, case_filename, discover_cases
+from tumorseg.data.labels import LABELS
 from tumorseg.data.synthetic import SyntheticSettings, cohorts, generate_case, write_dataset
 
 

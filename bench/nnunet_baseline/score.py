@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
 
 from tumorseg.data.brats import MASK, case_filename, load_mask  # noqa: E402
-from tumorseg.evaluation.metrics import REGIONS, slice_dice_wt, summarise, volume_metrics  # noqa: E402
+from tumorseg.data.labels import REGIONS  # noqa
+from tumorseg.evaluation.metrics import slice_dice_wt, summarise, volume_metrics  # noqa: E402
 
 
 def score_case(pred_path: Path, gt_path: Path) -> tuple[dict, list[float]]:

@@ -13,9 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tumorseg.data.labels import REGION_NAMES
 from tumorseg.models import MODEL_NAMES
 
-REGIONS = ("WT", "TC", "ET", "mean")
+REGIONS = REGION_NAMES + ("mean",)  # the rows of each model table
 MARKER = "<!-- tumorseg-ci-report -->"  # lets the workflow find and update its own comment
 
 

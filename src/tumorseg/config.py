@@ -2,8 +2,12 @@
 
 Each module owns the dataclass for its own section (so editing one stage's settings does not
 invalidate every other stage in dvc.yaml); this module only knows how to read YAML and how to
-turn a mapping into such a dataclass strictly: unknown keys, wrong types and values outside a
-``Literal`` are errors that name the offending key.
+turn a mapping into such a dataclass strictly: unknown keys, wrong types, values outside a
+``Literal`` and numbers outside their range are errors that name the offending key.
+
+Ranges are declared on the field (``field(default=0.5, metadata=in_range(0, 1))``) and checked by
+``Checked.__post_init__``, so a settings object built in code is held to the same rules as one read
+from params.yaml; a rule between fields (``scale`` low <= high) is a ``check()`` method.
 """
 
 from __future__ import annotations
@@ -20,7 +24,64 @@ T = TypeVar("T")
 
 
 class ParamsError(ValueError):
-    """A params.yaml value is missing, unknown or of the wrong kind."""
+    """A params.yaml value is missing, unknown, of the wrong kind or out of range."""
+
+
+class SettingError(ParamsError):
+    """One field of a settings object is out of range; ``key`` is its name within the object."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"'{key}' {message}")
+        self.key, self.message = key, message
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Allowed interval of a number (or of every item of a tuple of numbers); None: unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: low itself is not allowed
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+def in_range(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False) -> dict:
+    """Field metadata declaring the allowed range: ``field(default=2, metadata=in_range(1))``."""
+    return {"range": Range(low, high, low_open, high_open)}
+
+
+class Checked:
+    """Mixin for settings dataclasses: declared ranges and the ``check()`` rules run on construction."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            rng = f.metadata.get("range")
+            value = getattr(self, f.name)
+            if rng is None or value is None:
+                continue
+            items = value if isinstance(value, tuple) else (value,)
+            if not all(rng.contains(v) for v in items):
+                raise SettingError(f.name, f"= {_show(value)}; must be {rng}" + (" (every item)" if isinstance(value, tuple) else ""))
+        self.check()
+
+    def check(self) -> None:
+        """Rules between fields; raise ``SettingError(key, message)``."""
+
+
+def _show(value: Any) -> str:
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
 
 
 def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -45,11 +106,15 @@ def section(params: dict[str, Any], dotted: str) -> dict[str, Any]:
     return node
 
 
-def from_mapping(cls: type[T], mapping: dict[str, Any] | None, where: str) -> T:
-    """Build dataclass ``cls`` from ``mapping``; ``where`` is the dotted params key for errors."""
+def from_mapping(cls: type[T], mapping: dict[str, Any] | None, where: str, subset: bool = False) -> T:
+    """Build dataclass ``cls`` from ``mapping``; ``where`` is the dotted params key for errors.
+    ``subset``: read only ``cls``'s keys of a larger block (e.g. evaluate's ``RuntimeSettings`` from ``train``),
+    leaving the rest to the block's owner to check."""
     mapping = dict(mapping or {})
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    if subset:
+        mapping = {k: v for k, v in mapping.items() if k in names}
     unknown = sorted(set(mapping) - names)
     if unknown:
         raise ParamsError(f"params.yaml: unknown key(s) {unknown} in '{where}'; valid keys: {sorted(names)}")
@@ -60,7 +125,10 @@ def from_mapping(cls: type[T], mapping: dict[str, Any] | None, where: str) -> T:
                 raise ParamsError(f"params.yaml: missing required key '{where}.{f.name}'")
             continue
         kwargs[f.name] = _coerce(hints[f.name], mapping[f.name], f"{where}.{f.name}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except SettingError as exc:
+        raise ParamsError(f"params.yaml: '{where}.{exc.key}' {exc.message}") from None
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

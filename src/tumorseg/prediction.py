@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.data.brats import SEQUENCES
+from tumorseg.data.labels import SEQUENCES
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +154,14 @@ def load_predictor(ref: str, models_dir: Path, device="cpu"):
     """A model from a pipeline name (models/<name>), a folder or model.safetensors path, or an MLflow
     URI (models:/tumorseg-resnet_unet@champion, runs:/<id>/model); returns (model, config)."""
     from tumorseg.models import MODEL_NAMES
-    from tumorseg.training.checkpoint import load_model
+    from tumorseg.models.io import CONFIG_FILE, load_model
 
     if ref.startswith(("models:/", "runs:/")):
         return _load_mlflow(ref, device)
     path = Path(models_dir) / ref if ref in MODEL_NAMES else Path(ref)
     if path.is_file():
         path = path.parent
-    if not (path / "model.json").is_file():
+    if not (path / CONFIG_FILE).is_file():
         hint = " (run `dvc repro` to train it)" if ref in MODEL_NAMES else ""
         raise InputError(f"{path}: no trained model here (model.json and model.safetensors expected){hint}")
     return load_model(path, device)
@@ -175,8 +175,8 @@ def _load_mlflow(uri: str, device):
 
     import mlflow
 
-    from tumorseg.training.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model
-    from tumorseg.training.tracking import MlflowSettings, tracking_uri
+    from tumorseg.models.io import CONFIG_FILE, WEIGHTS_FILE, load_model
+    from tumorseg.tracking import MlflowSettings, tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(MlflowSettings()))
     try:
@@ -207,7 +207,7 @@ def run_predict(cases: list[CaseInput], model_ref: str, out_dir: Path, models_di
     Returns (case, written path or None, error or None) per case."""
     from tqdm.auto import tqdm
 
-    from tumorseg.training.device import pick_amp_dtype, pick_device
+    from tumorseg.models.runtime import pick_amp_dtype, pick_device
 
     dev = pick_device(device)
     model, config = load_predictor(model_ref, models_dir, dev)

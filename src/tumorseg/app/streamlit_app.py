@@ -14,7 +14,7 @@ import numpy as np
 import streamlit as st
 
 from tumorseg.app import support
-from tumorseg.data.brats import SEQUENCES
+from tumorseg.data.labels import LABEL_NAMES, REGION_NAMES, SEQUENCES
 from tumorseg.models import MODEL_NAMES
 from tumorseg.prediction import InputError, case_from_folder, label_map_bytes, load_case, load_predictor, predict_volume
 
@@ -83,15 +83,15 @@ def show(result: dict) -> None:
         cols[1].image(support.overlay(grey, mask[:, :, z].T), caption=f"Ground truth, slice {z}", use_container_width=True)
     legend = " ".join(
         f"<span style='background:rgb{support.LABEL_COLOURS[k]};padding:0 0.6em;margin-right:0.3em'></span>{name}&nbsp;&nbsp;"
-        for k, name in support.LABEL_NAMES.items())
+        for k, name in LABEL_NAMES.items())
     st.markdown(legend, unsafe_allow_html=True)
     volumes = support.region_volumes_cm3(labels, result["spacing"])
-    table = {"region": list(support.REGIONS), "predicted volume (cm3)": [f"{volumes[r]:.2f}" for r in support.REGIONS]}
+    table = {"region": list(REGION_NAMES), "predicted volume (cm3)": [f"{volumes[r]:.2f}" for r in REGION_NAMES]}
     if mask is not None:
         truth = support.region_volumes_cm3(mask, result["spacing"])
         dice = support.region_dice(labels, mask)
-        table["expert volume (cm3)"] = [f"{truth[r]:.2f}" for r in support.REGIONS]
-        table["Dice"] = [f"{dice[r]:.3f}" for r in support.REGIONS]
+        table["expert volume (cm3)"] = [f"{truth[r]:.2f}" for r in REGION_NAMES]
+        table["Dice"] = [f"{dice[r]:.3f}" for r in REGION_NAMES]
     st.table(table)
     st.download_button("Download the predicted mask (.nii.gz)", result["download"],
                        file_name=f"{result['case_id']}-seg.nii.gz", mime="application/gzip", key="download")

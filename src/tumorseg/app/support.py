@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from tumorseg.data.brats import MASK
+from tumorseg.data.labels import LABEL_NAMES, REGION_NAMES, region_mask
 from tumorseg.prediction import NIFTI_SUFFIXES, CaseInput, InputError, case_from_folder, find_volume
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 MAX_UPLOAD_MB = 200  # per upload, all files together; a BraTS case is ~15 MB compressed
-REGIONS = ("WT", "TC", "ET")
 # Overlay colours per BraTS label (1 necrotic core, 2 edema, 3 enhancing), as in the BraTS papers' figures.
 LABEL_COLOURS = {1: (220, 40, 40), 2: (60, 200, 60), 3: (250, 220, 40)}
-LABEL_NAMES = {1: "necrotic core (NETC)", 2: "edema (SNFH)", 3: "enhancing tumour (ET)"}
 
 
 def sample_cases() -> dict[str, Path]:
@@ -104,16 +103,14 @@ def overlay(grey: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndar
 
 
 def region_volumes_cm3(labels: np.ndarray, spacing_mm: tuple[float, float, float]) -> dict[str, float]:
-    from tumorseg.evaluation.metrics import region_mask
-
     voxel_cm3 = float(np.prod(spacing_mm)) / 1000.0
-    return {r: float(region_mask(labels, r).sum()) * voxel_cm3 for r in REGIONS}
+    return {r: float(region_mask(labels, r).sum()) * voxel_cm3 for r in REGION_NAMES}
 
 
 def region_dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    from tumorseg.evaluation.metrics import dice, region_mask
+    from tumorseg.evaluation.metrics import dice
 
-    return {r: dice(region_mask(pred, r), region_mask(truth, r)) for r in REGIONS}
+    return {r: dice(region_mask(pred, r), region_mask(truth, r)) for r in REGION_NAMES}
 
 
 def most_tumour_slice(labels: np.ndarray) -> int:

@@ -1,7 +1,8 @@
-"""The BraTS-Africa layout, its labels, and the validated case manifest.
+"""The BraTS-Africa layout and the validated case manifest.
 
-One module owns the naming (``BraTS-SSA-NNNNN-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``), the label
-scheme and the manifest schema, so every other module imports them instead of re-spelling them.
+One module owns the naming (``BraTS-SSA-NNNNN-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``) and the manifest
+schema, so every other module imports them instead of re-spelling them; the label scheme it
+validates against is ``tumorseg.data.labels``.
 """
 
 from __future__ import annotations
@@ -16,18 +17,13 @@ import numpy as np
 import pandas as pd
 from isal import igzip
 
+from tumorseg.data.labels import LABELS, LEGACY_ET_LABEL, SEQUENCES
 from tumorseg.fileio import sha256_file
 
 log = logging.getLogger(__name__)
 
-SEQUENCES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")  # channel order of every model input
 MASK = "seg"
-FILE_KINDS: tuple[str, ...] = SEQUENCES + (MASK,)
-LABELS = (0, 1, 2, 3)  # background, NETC (necrotic core), SNFH (edema), ET (enhancing tumour)
-LEGACY_ET_LABEL = 4  # pre-2023 BraTS coded ET as 4
-
-# BraTS regions as label sets: whole tumour, tumour core, enhancing tumour.
-REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+FILE_KINDS: tuple[str, ...] = SEQUENCES + (MASK,)  # one file per sequence, then the expert mask
 
 CASE_ID_RE = re.compile(r"^BraTS-[A-Za-z]+-\d{5}-\d{3}$")
 COHORT_DIRS = {"Glioma": "glioma", "OtherNeoplasms": "other_neoplasm"}
@@ -203,12 +199,12 @@ def _check_labels(mask: np.ndarray, rel: str, row: ManifestRow) -> list[str]:
     values, counts = np.unique(mask.astype(np.int64, copy=False), return_counts=True)
     unexpected = sorted(set(values.tolist()) - set(LABELS) - {LEGACY_ET_LABEL})
     if unexpected:
-        return [f"seg: labels {unexpected} outside {{0,1,2,3}} in {rel}"]
+        return [f"seg: labels {unexpected} outside {{{','.join(map(str, LABELS))}}} in {rel}"]
     if LEGACY_ET_LABEL in values:
         row.label4_voxels = int(counts[values.tolist().index(LEGACY_ET_LABEL)])
         if 3 in values:
-            return [f"seg: both label 3 and legacy label 4 present in {rel}; cannot tell which scheme it uses"]
-        log.warning("%s: legacy label 4 (ET, BraTS <= 2021) found in %s; it will be remapped to 3", row.case_id, rel)
+            return [f"seg: both label 3 and legacy label {LEGACY_ET_LABEL} present in {rel}; cannot tell which scheme it uses"]
+        log.warning("%s: legacy label %d (ET, BraTS <= 2021) found in %s; it will be remapped to 3", row.case_id, LEGACY_ET_LABEL, rel)
     return []
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 from tumorseg.data import archive, synthetic
 from tumorseg.data.brats import BadCaseError, discover_cases, manifest_frame, validate_case
 from tumorseg import paths
-from tumorseg.config import from_mapping, read_params
+from tumorseg.config import Checked, from_mapping, in_range, read_params
 from tumorseg.fileio import atomic_dir, write_parquet
 from tumorseg.logs import setup_logging
 from tumorseg.parallel import parallel_map
@@ -27,15 +27,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DataSettings:
+class DataSettings(Checked):
     source: Literal["synthetic", "local", "url"] = "synthetic"
     synthetic: synthetic.SyntheticSettings = field(default_factory=synthetic.SyntheticSettings)
     local_path: str | None = None  # a BraTS-Africa folder or the .zip as downloaded
     url: str | None = None  # http(s)://, s3://, gs://
     sha256: str | None = None  # required with source: url
     on_bad_case: Literal["skip", "fail"] = "skip"
-    max_unpacked_gb: float = 60.0
-    workers: int = 2
+    max_unpacked_gb: float = field(default=60.0, metadata=in_range(0, low_open=True))
+    workers: int = field(default=2, metadata=in_range(1))
 
 
 def acquire(settings: DataSettings, raw_dir: Path, downloads_dir: Path) -> None:

@@ -8,7 +8,7 @@ brain, and store axial 2D slices in the slice store with a Parquet index.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tumorseg.data.brats import MASK, SEQUENCES, load_mask, read_manifest, read_nifti
+from tumorseg.data.brats import MASK, load_mask, read_manifest, read_nifti
+from tumorseg.data.labels import SEQUENCES
 from tumorseg.data.slices import CASE_INDEX_COLUMNS, SLICE_INDEX_COLUMNS, image_file, label_file, typed_frame
 from tumorseg import paths
-from tumorseg.config import from_mapping, read_params
+from tumorseg.config import Checked, SettingError, from_mapping, in_range, read_params
 from tumorseg.fileio import atomic_dir, write_parquet
 from tumorseg.logs import setup_logging
 from tumorseg.parallel import parallel_map
@@ -28,12 +29,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PreprocessSettings:
+class PreprocessSettings(Checked):
     crop: Literal["brain", "tumour"] = "brain"
-    crop_margin: int = 0  # extra slices kept on each side of the cropped range
+    crop_margin: int = field(default=0, metadata=in_range(0))  # extra slices kept on each side of the cropped range
     normalize: Literal["minmax", "percentile", "zscore"] = "minmax"
-    percentiles: tuple[float, float] = (0.5, 99.5)  # for normalize: percentile
-    workers: int = 2
+    percentiles: tuple[float, float] = field(default=(0.5, 99.5), metadata=in_range(0, 100))  # for normalize: percentile
+    workers: int = field(default=2, metadata=in_range(1))
+
+    def check(self) -> None:
+        low, high = self.percentiles
+        if low >= high:
+            raise SettingError("percentiles", f"= {list(self.percentiles)}; must be [low, high] with low < high")
 
 
 def axial_range(mask: np.ndarray, margin: int = 0) -> tuple[int, int]:

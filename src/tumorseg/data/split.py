@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +19,7 @@ import pandas as pd
 
 from tumorseg.data.slices import read_slice_index
 from tumorseg import paths
-from tumorseg.config import from_mapping, read_params
+from tumorseg.config import Checked, SettingError, from_mapping, in_range, read_params
 from tumorseg.fileio import write_parquet
 from tumorseg.logs import setup_logging
 
@@ -34,11 +34,18 @@ class LeakySplitWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class SplitSettings:
+class SplitSettings(Checked):
     level: Literal["patient", "slice"] = "patient"
-    fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
+    fractions: tuple[float, float, float] = field(default=(0.70, 0.15, 0.15), metadata=in_range(0, 1))  # train, val, test
     seed: int = 42
     stratify: bool = True  # by cohort
+
+    def check(self) -> None:
+        train, val, _ = self.fractions
+        if abs(sum(self.fractions) - 1) > 1e-6:
+            raise SettingError("fractions", f"= {list(self.fractions)}; must add up to 1 (train, val, test)")
+        if train == 0 or val == 0:
+            raise SettingError("fractions", f"= {list(self.fractions)}; training needs train and val patients (both > 0)")
 
 
 def _counts(n: int, fractions: tuple[float, float, float]) -> list[int]:

@@ -21,7 +21,7 @@ count or order, and the .nii.gz bytes are identical run to run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -30,17 +30,23 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from tumorseg.data.brats import COHORT_FOLDER, FILE_KINDS, MASK, SEQUENCES, case_filename
+from tumorseg.config import Checked, SettingError, in_range
+from tumorseg.data.brats import COHORT_FOLDER, FILE_KINDS, MASK, case_filename
+from tumorseg.data.labels import SEQUENCES
 from tumorseg.fileio import atomic_file
 
 
 @dataclass(frozen=True)
-class SyntheticSettings:
-    n_patients: int = 40
-    shape: tuple[int, int, int] = (128, 128, 80)
+class SyntheticSettings(Checked):
+    n_patients: int = field(default=40, metadata=in_range(1, 99_999))
+    shape: tuple[int, int, int] = field(default=(128, 128, 80), metadata=in_range(16))  # smaller has no room for a brain
     seed: int = 2026
-    glioma_fraction: float = 95 / 146  # BraTS-Africa: 95 gliomas, 51 other neoplasms
-    first_case_number: int = 2  # BraTS-SSA numbering starts at 00002
+    glioma_fraction: float = field(default=95 / 146, metadata=in_range(0, 1))  # BraTS-Africa: 95 gliomas, 51 other neoplasms
+    first_case_number: int = field(default=2, metadata=in_range(0, 99_999))  # BraTS-SSA numbering starts at 00002
+
+    def check(self) -> None:
+        if self.first_case_number + self.n_patients - 1 > 99_999:
+            raise SettingError("n_patients", f"= {self.n_patients} from case {self.first_case_number} runs past the five-digit case number 99999")
 
 
 # Tissue classes used while composing a brain.

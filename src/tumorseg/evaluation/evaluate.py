@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from tumorseg.data.brats import MASK, load_mask, read_manifest
@@ -23,10 +24,9 @@ from tumorseg.data.split import read_split
 from tumorseg.evaluation.inference import predict_slices, to_volume
 from tumorseg.evaluation.metrics import slice_dice_wt, summarise, volume_metrics
 from tumorseg.fileio import atomic_file, sha256_file
-from tumorseg.training.checkpoint import WEIGHTS_FILE, load_model
-from tumorseg.training.device import configure_determinism, pick_amp_dtype, pick_device
-from tumorseg.training.settings import TrainSettings
-from tumorseg.training.tracking import MlflowSettings, log_test_metrics
+from tumorseg.models.io import WEIGHTS_FILE, load_model
+from tumorseg.models.runtime import RuntimeSettings, configure_determinism, pick_amp_dtype, pick_device
+from tumorseg.tracking import MlflowSettings, log_test_metrics
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,14 @@ def example_slices(store_dir: Path, split: pd.DataFrame, n: int = N_EXAMPLES) ->
 
 
 def evaluate_model(name: str, model_dir: Path, store_dir: Path, split_path: Path, manifest_path: Path, raw_dir: Path,
-                   metrics_path: Path, out_dir: Path, train: TrainSettings, mlflow_settings: MlflowSettings,
+                   metrics_path: Path, out_dir: Path, runtime: RuntimeSettings, mlflow_settings: MlflowSettings,
                    settings: EvaluateSettings = EvaluateSettings()) -> dict:
-    device = pick_device(train.device)
-    configure_determinism(train.deterministic, device)
-    amp_dtype = pick_amp_dtype(train.amp, device)
+    device = pick_device(runtime.device)
+    configure_determinism(runtime.deterministic, device)
+    amp_dtype = pick_amp_dtype(runtime.amp, device)
     model, config = load_model(model_dir, device)
-    if train.channels_last:
-        model = model.to(memory_format=__import__("torch").channels_last)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     split = read_split(split_path)
     cases = read_case_index(Path(store_dir) / "cases.parquet").set_index("case_id")
     manifest = read_manifest(manifest_path).set_index("case_id")
@@ -80,7 +80,7 @@ def evaluate_model(name: str, model_dir: Path, store_dir: Path, split_path: Path
     for case_id in tqdm(test_cases(split), desc=f"evaluate {name}", unit="patient", dynamic_ncols=True):
         case = cases.loc[case_id]
         t0 = time.perf_counter()
-        labels = predict_slices(model, store._images(case_id), train.eval_batch_size, device, amp_dtype, train.channels_last,
+        labels = predict_slices(model, store._images(case_id), runtime.eval_batch_size, device, amp_dtype, runtime.channels_last,
                                 settings.tta)
         pred = to_volume(labels, int(case["z_start"]), (int(case["nx"]), int(case["ny"]), int(case["nz"])))
         seconds.append(time.perf_counter() - t0)
@@ -95,7 +95,7 @@ def evaluate_model(name: str, model_dir: Path, store_dir: Path, split_path: Path
         per_patient.to_csv(tmp, index=False, float_format="%.6g")
 
     examples = example_slices(store_dir, split)
-    preds = np.stack([predict_slices(model, np.asarray(store.image(c, r))[None], 1, device, amp_dtype, train.channels_last,
+    preds = np.stack([predict_slices(model, np.asarray(store.image(c, r))[None], 1, device, amp_dtype, runtime.channels_last,
                                      settings.tta)[0]
                       for c, r in examples])
     with atomic_file(out_dir / EXAMPLES_FILE) as tmp:
@@ -125,6 +125,6 @@ def main(model: str, params_path: str | Path = "params.yaml") -> dict:
     return evaluate_model(
         model, paths.MODELS_DIR / model, paths.PREPROCESSED_DIR, paths.SPLIT, paths.MANIFEST, paths.RAW_DIR,
         paths.METRICS_DIR / f"{model}.json", paths.EVALUATION_DIR / model,
-        from_mapping(TrainSettings, params.get("train"), "train"), from_mapping(MlflowSettings, params.get("mlflow"), "mlflow"),
+        from_mapping(RuntimeSettings, params.get("train"), "train", subset=True), from_mapping(MlflowSettings, params.get("mlflow"), "mlflow"),
         from_mapping(EvaluateSettings, params.get("evaluate"), "evaluate"),
     )

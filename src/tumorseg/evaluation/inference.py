@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tumorseg.training.data import regions_to_labels
-from tumorseg.training.device import autocast
+from tumorseg.data.labels import regions_to_labels
+from tumorseg.models.runtime import autocast
 
 
 # nnU-Net's test-time augmentation for 2D: every in-plane mirroring, sigmoid averaged.

@@ -11,12 +11,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from tumorseg.data.labels import REGIONS, region_mask
+
 HD95_EMPTY_PENALTY = 373.13
-REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
-
-
-def region_mask(labels: np.ndarray, region: str) -> np.ndarray:
-    return np.isin(labels, REGIONS[region])
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:

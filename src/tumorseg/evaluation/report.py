@@ -25,15 +25,15 @@ from tumorseg.data.slices import SliceStore, read_case_index  # noqa: E402
 from tumorseg.data.split import read_split  # noqa: E402
 from tumorseg.evaluation.evaluate import EXAMPLES_FILE, EXAMPLES_INDEX, test_cases  # noqa: E402
 from tumorseg.evaluation.inference import to_volume  # noqa: E402
-from tumorseg.evaluation.metrics import REGIONS, volume_metrics  # noqa: E402
+from tumorseg.data.labels import LABEL_NAMES  # noqa: E402
+from tumorseg.evaluation.metrics import volume_metrics  # noqa: E402
 from tumorseg.fileio import atomic_file, sha256_file  # noqa: E402
-from tumorseg.training.checkpoint import WEIGHTS_FILE  # noqa: E402
-from tumorseg.training.tracking import MlflowSettings, set_champion  # noqa: E402
+from tumorseg.models.io import WEIGHTS_FILE  # noqa: E402
+from tumorseg.tracking import MlflowSettings, set_champion  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 LABEL_COLOURS = ListedColormap([(0, 0, 0, 0), (0.95, 0.2, 0.2, 0.85), (0.2, 0.85, 0.3, 0.6), (1.0, 0.85, 0.1, 0.9)])
-LABEL_NAMES = {1: "necrotic core (1)", 2: "edema (2)", 3: "enhancing (3)"}
 FLAIR = 3  # channel of t2f in the stacked input
 
 
@@ -107,7 +107,7 @@ def qualitative_figure(store_dir: Path, examples: list[dict], predictions: dict[
             ax.set_xticks([])
             ax.set_yticks([])
         axes[i, 0].set_ylabel(f"{ex['case_id'][10:15]} row {ex['row']}", fontsize=8)
-    fig.legend(handles=[Patch(color=LABEL_COLOURS(k), label=v) for k, v in LABEL_NAMES.items()], loc="lower center", ncol=3, fontsize=9)
+    fig.legend(handles=[Patch(color=LABEL_COLOURS(k), label=f"{v} ({k})") for k, v in LABEL_NAMES.items()], loc="lower center", ncol=3, fontsize=9)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 

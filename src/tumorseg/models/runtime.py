@@ -1,4 +1,7 @@
-"""Which autocast dtype actually speeds these models up on the current machine.
+"""Where and in which precision models run: device, autocast dtype, determinism.
+
+Shared by training, evaluation and prediction (which never import ``tumorseg.training``); the
+choice is made once, logged by the caller, and never silently changed.
 
 bf16 autocast is 2-2.5x faster than fp32 on CPUs with native bf16 (avx512_bf16 / AMX), but on
 AVX2-only CPUs (e.g. AMD Zen 3) oneDNN has no bf16 convolution kernels and it is ~10x *slower*
@@ -7,9 +10,26 @@ AVX2-only CPUs (e.g. AMD Zen 3) oneDNN has no bf16 convolution kernels and it is
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
+
+from tumorseg.config import Checked, in_range
+
+
+@dataclass(frozen=True)
+class RuntimeSettings(Checked):
+    """The keys of params.yaml's ``train`` block that also govern inference (evaluate reads only these)."""
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on GPU and on CPUs where it is faster
+    channels_last: bool = True
+    deterministic: bool = True
+    eval_batch_size: int = field(default=32, metadata=in_range(1))
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -39,3 +59,43 @@ def fast_autocast_dtype(device_type: str) -> torch.dtype | None:
     if device_type == "cpu":
         return torch.bfloat16 if cpu_has_fast_bf16() else None
     return None
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; set train.device: auto or cpu")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("train.device is 'mps' but MPS is not available; set train.device: auto or cpu")
+    return torch.device(requested)
+
+
+def pick_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where it pays: on GPUs, and on CPUs with native bf16 (measured: on AVX2-only
+    CPUs oneDNN has no bf16 convolutions and autocast is several times slower)."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    return fast_autocast_dtype(device.type)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif device.type == "cuda":
+        torch.set_float32_matmul_precision("high")

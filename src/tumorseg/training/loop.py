@@ -21,16 +21,19 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from tumorseg.data.labels import REGION_NAMES, SEQUENCES, labels_to_regions
 from tumorseg.data.slices import read_slice_index
 from tumorseg.data.split import read_split
 from tumorseg.fileio import atomic_file, sha256_file
 from tumorseg.models import build_model, count_parameters
+from tumorseg.models.io import CONFIG_FILE, WEIGHTS_FILE, save_model
+from tumorseg.models.runtime import autocast, configure_determinism, pick_amp_dtype, pick_device
+from tumorseg.tracking import TAG_DATA, TAG_WEIGHTS, MlflowSettings, TrainingRun
 from tumorseg.training import checkpoint
-from tumorseg.training.data import REGION_NAMES, SliceBank, augment, epoch_indices, labels_to_regions, load_bank, random_patches
-from tumorseg.training.device import autocast, configure_determinism, pick_amp_dtype, pick_device
+from tumorseg.training.augment import build_augmentation
+from tumorseg.training.data import SliceBank, epoch_indices, load_bank, random_patches
 from tumorseg.training.losses import segmentation_loss
 from tumorseg.training.settings import ModelSettings, TrainSettings
-from tumorseg.training.tracking import TAG_DATA, TAG_WEIGHTS, MlflowSettings, TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +155,7 @@ def train_model(
     if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=model_cfg.lr, weight_decay=train.weight_decay)
+    augmentation = build_augmentation(train.augment)
     n_samples = train.samples_per_epoch or len(train_bank)
     steps_per_epoch = max(1, n_samples // model_cfg.batch_size)
     total_steps = steps_per_epoch * epochs
@@ -194,7 +198,7 @@ def train_model(
                 b = indices[step * model_cfg.batch_size:(step + 1) * model_cfg.batch_size].to(train_bank.labels.device)
                 x = train_bank.images[b].float()
                 y = labels_to_regions(train_bank.labels[b])
-                x, y = augment(x, y, train.augment, generator)
+                x, y = augmentation(x, y, generator)
                 x, y = random_patches(x, y, train.patch_size, forced[step * model_cfg.batch_size:(step + 1) * model_cfg.batch_size], generator)
                 if train.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -238,15 +242,15 @@ def train_model(
         run.end(status="KILLED")
         raise
 
-    config = {"model": name, "arch": dict(model_cfg.arch), "in_channels": ["t1n", "t1c", "t2w", "t2f"],
+    config = {"model": name, "arch": dict(model_cfg.arch), "in_channels": list(SEQUENCES),
               "regions": list(REGION_NAMES), "preprocess": preprocess_config or {}, "best_epoch": best["epoch"],
               "best_val_dice_mean": round(best["score"], 6), "epochs_run": len(history)}
-    checkpoint.save_model(out_dir, best["state"], config)
+    save_model(out_dir, best["state"], config)
     with atomic_file(Path(out_dir) / HISTORY_FILE) as tmp:
         tmp.write_text(_history_csv(history))
-    weights_sha = sha256_file(Path(out_dir) / checkpoint.WEIGHTS_FILE)
+    weights_sha = sha256_file(Path(out_dir) / WEIGHTS_FILE)
     run.set_tags({TAG_WEIGHTS: weights_sha})
-    for name_ in (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE):  # what `tumorseg predict models:/...` rebuilds the model from
+    for name_ in (CONFIG_FILE, WEIGHTS_FILE):  # what `tumorseg predict models:/...` rebuilds the model from
         run.log_artifact(Path(out_dir) / name_)
     run.log_metrics({"best_val_dice_mean": best["score"], "best_epoch": best["epoch"]})
     if run.run:

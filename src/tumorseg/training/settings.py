@@ -1,48 +1,62 @@
-"""The ``train`` block (shared by all models) and the ``models.<name>`` blocks of params.yaml."""
+"""The ``train`` block (shared by all models) and the ``models.<name>`` blocks of params.yaml.
+
+``TrainSettings`` extends ``RuntimeSettings`` (device, precision, inference batch): evaluation reads
+those keys of the same block through ``RuntimeSettings`` alone, so an edit here never reruns it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tumorseg.config import Checked, SettingError, in_range
+from tumorseg.models.runtime import RuntimeSettings
+
 
 @dataclass(frozen=True)
-class AugmentSettings:
+class AugmentSettings(Checked):
     enabled: bool = True
     flip: bool = True  # left-right
-    rotate_deg: float = 10.0  # uniform in [-rotate_deg, rotate_deg]
-    scale: tuple[float, float] = (0.9, 1.1)
-    spatial_p: float = 0.5  # share of samples that get rotation + scaling
-    intensity: float = 0.1  # per-channel gain jitter (x(1 +- intensity)) and shift (+- intensity / 2)
+    rotate_deg: float = field(default=10.0, metadata=in_range(0, 180))  # uniform in [-rotate_deg, rotate_deg]
+    scale: tuple[float, float] = field(default=(0.9, 1.1), metadata=in_range(0, low_open=True))  # [low, high] zoom factor
+    spatial_p: float = field(default=0.5, metadata=in_range(0, 1))  # share of samples that get rotation + scaling
+    intensity: float = field(default=0.1, metadata=in_range(0, 1, high_open=True))  # gain x(1 +- intensity), shift +- intensity / 2
+
+    def check(self) -> None:
+        low, high = self.scale
+        if low > high:
+            raise SettingError("scale", f"= {list(self.scale)}; must be [low, high] with low <= high")
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = 100
-    samples_per_epoch: int = 0  # 0: one pass over the training slices
-    foreground_fraction: float = 0.33  # nnU-Net forces a third of samples to contain tumour
-    patch_size: int = 0  # train on random patch_size^2 patches (0: whole slices); inference always sees whole slices
+class TrainSettings(RuntimeSettings):
+    epochs: int = field(default=100, metadata=in_range(1))
+    samples_per_epoch: int = field(default=0, metadata=in_range(0))  # 0: one pass over the training slices
+    foreground_fraction: float = field(default=0.33, metadata=in_range(0, 1))  # nnU-Net forces a third of samples onto tumour
+    # train on random patch_size^2 patches (0: whole slices); inference always sees whole slices
+    patch_size: int = field(default=0, metadata=in_range(0))
     tumour_slices_only: bool = False  # the original project trained on tumour-bearing slices only
-    patience: int = 20  # early stopping on validation mean Dice (0: off)
+    patience: int = field(default=20, metadata=in_range(0))  # early stopping on validation mean Dice (0: off)
     lr_schedule: Literal["constant", "cosine"] = "cosine"
-    warmup_epochs: int = 0
-    weight_decay: float = 1e-4
-    bce_weight: float = 1.0
-    dice_weight: float = 1.0
+    warmup_epochs: int = field(default=0, metadata=in_range(0))
+    weight_decay: float = field(default=1e-4, metadata=in_range(0))
+    bce_weight: float = field(default=1.0, metadata=in_range(0))
+    dice_weight: float = field(default=1.0, metadata=in_range(0))
     augment: AugmentSettings = field(default_factory=AugmentSettings)
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on GPU and on CPUs where it is faster
-    channels_last: bool = True
-    deterministic: bool = True
     seed: int = 42
-    num_threads: int = 0  # CPU threads for torch (0: torch's default)
-    eval_batch_size: int = 32
-    max_val_slices: int = 0  # 0: every validation slice
+    num_threads: int = field(default=0, metadata=in_range(0))  # CPU threads for torch (0: torch's default)
+    max_val_slices: int = field(default=0, metadata=in_range(0))  # 0: every validation slice
+
+    def check(self) -> None:
+        if self.patch_size and self.patch_size < 32:
+            raise SettingError("patch_size", f"= {self.patch_size}; must be 0 (whole slices) or >= 32 (the models downsample 16x)")
+        if self.bce_weight == 0 and self.dice_weight == 0:
+            raise SettingError("bce_weight", "and dice_weight are both 0: the loss would be zero")
 
 
 @dataclass(frozen=True)
-class ModelSettings:
-    lr: float
-    batch_size: int
-    epochs: int | None = None  # overrides train.epochs for this model
+class ModelSettings(Checked):
+    lr: float = field(metadata=in_range(0, low_open=True))
+    batch_size: int = field(metadata=in_range(1))
+    epochs: int | None = field(default=None, metadata=in_range(1))  # overrides train.epochs for this model
     arch: dict[str, Any] = field(default_factory=dict)  # constructor arguments of the model
