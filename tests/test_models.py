@@ -430,3 +430,15 @@ def test_wrong_weights_file_is_a_clear_error(tmp_path):
 def test_fast_autocast_dtype_follows_cpu_flags():
     assert fast_autocast_dtype("cpu") == (torch.bfloat16 if cpu_has_fast_bf16() else None)
     assert fast_autocast_dtype("mps") is None
+
+
+def test_auto_precision_is_fp32_on_every_cpu(monkeypatch):
+    """The same params give the same metrics on any CPU: bf16 on a CPU only when asked for."""
+    import tumorseg.models.runtime as runtime
+
+    cpu = torch.device("cpu")
+    for native_bf16 in (True, False):
+        monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda native=native_bf16: native)
+        assert runtime.pick_amp_dtype("auto", cpu) is None
+        assert runtime.pick_amp_dtype("bf16", cpu) is torch.bfloat16
+        assert runtime.pick_amp_dtype("off", cpu) is None
