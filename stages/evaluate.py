@@ -1,4 +1,4 @@
-"""DVC stage `evaluate@<model>`: score the trained model on every test patient in 3D.
+"""DVC stage `evaluate@<model>`: score the model (or the ensemble) on every test patient in 3D.
 
 Usage: python stages/evaluate.py <model>; the logic lives in tumorseg.evaluation.evaluate.
 """

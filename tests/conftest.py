@@ -132,3 +132,27 @@ def write_params(repo: Path, params: dict) -> None:
 def ran_stages(output: str) -> set[str]:
     """The stages a `dvc repro` output says it ran."""
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def infer_postprocess_evaluate(name: str, root: Path, out: Path, mlflow_settings=None, runtime=None, ensemble_of=None) -> dict:
+    """What `dvc repro` runs after training, in-process: infer@name (or the ensemble of ``ensemble_of``),
+    postprocess@name, evaluate@name, on the tiny pipeline under ``root``; outputs under ``out``."""
+    from tumorseg.evaluation.ensemble import ensemble_predictions
+    from tumorseg.evaluation.evaluate import evaluate_model
+    from tumorseg.evaluation.infer import infer_model
+    from tumorseg.evaluation.postprocess import PostprocessSettings, fit_postprocess
+    from tumorseg.models.runtime import RuntimeSettings
+    from tumorseg.tracking import MlflowSettings
+
+    inference = out / "inference"
+    if ensemble_of:
+        ensemble_predictions(list(ensemble_of), inference, inference / name, inference / f"{name}.seconds.json")
+    else:
+        infer_model(name, out / "models" / name, root / "pre", root / "split.parquet", inference / name,
+                    inference / f"{name}.seconds.json", runtime or RuntimeSettings(device="cpu", eval_batch_size=16), tta=False)
+    rules = out / "models" / name / "postprocess.json"
+    fit_postprocess(name, inference / name, root / "split.parquet", root / "manifest.parquet", root / "raw", rules,
+                    PostprocessSettings())
+    return evaluate_model(name, inference / name, rules, root / "pre", root / "split.parquet", root / "manifest.parquet",
+                          root / "raw", out / "metrics" / f"{name}.json", out / "evaluation" / name,
+                          inference / f"{name}.seconds.json", mlflow_settings or MlflowSettings(enabled=False))

@@ -59,18 +59,21 @@ def test_retrain_report_push_and_pull(tmp_path):
 
     # the base branch: the whole pipeline, committed with its dvc.lock and metrics
     first = run_cmd(dvc + ["repro"], repo, env)
-    assert ran_stages(first) == {"download", "preprocess", "split", "report"} | {f"{s}@{m}" for s in ("train", "evaluate") for m in MODELS}
+    assert ran_stages(first) == ({"download", "preprocess", "split", "ensemble", "report"}
+                                 | {f"{s}@{m}" for s in ("train", "infer") for m in MODELS}
+                                 | {f"{s}@{m}" for s in ("postprocess", "evaluate") for m in (*MODELS, "ensemble")})
     assert "no MLflow alias set: tracking or registration is off" in (repo / "reports" / "comparison.md").read_text()
     run_cmd(git + ["add", "-A"], repo, env)
     run_cmd(git + ["commit", "-qm", "base"], repo, env)
     base = run_cmd(git + ["rev-parse", "HEAD"], repo, env).strip()
     base_unet = json.loads((repo / "metrics" / "unet.json").read_text())
 
-    # a pull request that changes one model's params reruns that model's stages and the report only
+    # a pull request that changes one model's params reruns that model's stages, the ensemble's and the report only
     params["models"]["unet"].update(epochs=40, lr=5e-3)  # long enough to find some tumour: its Dice must move
     write_params(repo, params)
     second_run = run_cmd(dvc + ["repro"], repo, env)
-    assert ran_stages(second_run) == {"train@unet", "evaluate@unet", "report"}
+    assert ran_stages(second_run) == {"train@unet", "infer@unet", "postprocess@unet", "evaluate@unet", "ensemble",
+                                      "postprocess@ensemble", "evaluate@ensemble", "report"}
     new_unet = json.loads((repo / "metrics" / "unet.json").read_text())
 
     # the report shows unet's change against the base commit, and no change for the others
@@ -81,12 +84,14 @@ def test_retrain_report_push_and_pull(tmp_path):
     wt_row = next(line for line in unet_section.splitlines() if line.startswith("| WT |"))
     cells = [c.strip() for c in wt_row.strip("|").split("|")]
     assert cells[1] == f"{base_unet['dice_WT']:.3f}" and cells[2] == f"{new_unet['dice_WT']:.3f}"
+    assert cells[4] == f"{base_unet['lesion_dice_WT']:.3f}" and cells[5] == f"{new_unet['lesion_dice_WT']:.3f}"
     assert base_unet["dice_mean"] != new_unet["dice_mean"]
     mean_line = next(line for line in text.splitlines() if line.startswith("- **unet**"))
     assert f"{base_unet['dice_mean']:.3f} -> {new_unet['dice_mean']:.3f}" in mean_line
     for other in ("resnet_unet", "transunet"):
         other_line = next(line for line in text.splitlines() if line.startswith(f"- **{other}**"))
         assert other_line.endswith("(0)")
+    assert "#### ensemble" in text and "- **ensemble**" in text
     assert "#### The report stage" in text
 
     # push, then a clean clone pulls every output and has nothing to rerun
@@ -96,7 +101,8 @@ def test_retrain_report_push_and_pull(tmp_path):
     run_cmd(git + ["clone", "-q", str(repo), str(second)], tmp_path, env)
     run_cmd(dvc + ["pull"], second, env)
     outs = ["data/raw", "data/manifest.parquet", "data/preprocessed/slice_index.parquet", "data/split.parquet", "reports/comparison.md"]
-    outs += [f"models/{m}/model.safetensors" for m in MODELS] + [f"evaluation/{m}/per_patient.csv" for m in MODELS]
+    outs += [f"models/{m}/model.safetensors" for m in MODELS] + [f"inference/{m}/index.json" for m in (*MODELS, "ensemble")]
+    outs += [f"evaluation/{m}/per_patient.csv" for m in (*MODELS, "ensemble")]
     missing = [o for o in outs if not (second / o).exists()]
     assert not missing
     assert (second / "models/unet/model.safetensors").read_bytes() == (repo / "models/unet/model.safetensors").read_bytes()

@@ -10,7 +10,8 @@ from tumorseg.config import ParamsError, from_mapping, read_params
 from tumorseg.data.download import DataSettings
 from tumorseg.data.preprocess import PreprocessSettings
 from tumorseg.data.split import SplitSettings
-from tumorseg.evaluation.evaluate import EvaluateSettings
+from tumorseg.evaluation.infer import InferSettings
+from tumorseg.evaluation.postprocess import PostprocessSettings
 
 
 def test_repository_params_parse():
@@ -19,14 +20,15 @@ def test_repository_params_parse():
     assert data.source == "synthetic" and data.synthetic.shape == (96, 96, 64)
     from_mapping(PreprocessSettings, params["preprocess"], "preprocess")
     assert from_mapping(SplitSettings, params["split"], "split").fractions == (0.7, 0.15, 0.15)
-    assert from_mapping(EvaluateSettings, params["evaluate"], "evaluate").tta is True
+    assert from_mapping(InferSettings, params["infer"], "infer").tta is True
+    assert 0 in from_mapping(PostprocessSettings, params["postprocess"], "postprocess").component_mm3
     from tumorseg.training.settings import ModelSettings, TrainSettings
 
     from_mapping(TrainSettings, params["train"], "train")
     for name, block in params["models"].items():
         from_mapping(ModelSettings, block, f"models.{name}")
-    with pytest.raises(ParamsError, match="'evaluate.tta' must be"):
-        from_mapping(EvaluateSettings, {"tta": "maybe"}, "evaluate")
+    with pytest.raises(ParamsError, match="'infer.tta' must be"):
+        from_mapping(InferSettings, {"tta": "maybe"}, "infer")
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,7 @@ def dvc_stages() -> dict:
     return yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 
 
-@pytest.mark.parametrize("stage", ["download", "preprocess", "split", "report"])
+@pytest.mark.parametrize("stage", ["download", "preprocess", "split", "ensemble", "report"])
 def test_stage_deps_are_exactly_the_code_it_runs(stage):
     spec = dvc_stages()[stage]
     script = REPO_ROOT / spec["cmd"].split()[-1]
@@ -72,10 +72,10 @@ def test_stage_deps_are_exactly_the_code_it_runs(stage):
     assert listed == code_closure(script)
 
 
-@pytest.mark.parametrize("stage", ["train", "evaluate"])
+@pytest.mark.parametrize("stage", ["train", "infer"])
 @pytest.mark.parametrize("model", ["unet", "resnet_unet", "transunet"])
 def test_model_stage_deps_are_its_own_model_module_and_shared_code(stage, model):
-    """Editing one model's module reruns only that model's stages (and the report)."""
+    """Editing one model's module reruns only that model's stages (and what reads their outputs)."""
     spec = dvc_stages()[stage]["do"]
     script = REPO_ROOT / spec["cmd"].split()[1]
     listed = {d.replace("${key}", model) for d in spec["deps"] if d.endswith(".py")}
@@ -83,6 +83,17 @@ def test_model_stage_deps_are_its_own_model_module_and_shared_code(stage, model)
     assert listed == code_closure(script) | code_closure(model_module)
     others = {f"src/tumorseg/models/{m}.py" for m in ("unet", "resnet_unet", "transunet") if m != model}
     assert not listed & others
+
+
+@pytest.mark.parametrize("stage", ["postprocess", "evaluate"])
+def test_scoring_stages_run_no_model_or_training_code(stage):
+    """Post-processing and evaluation read probabilities: a model or training edit that leaves them unchanged reruns neither."""
+    spec = dvc_stages()[stage]
+    assert spec["foreach"] == ["unet", "resnet_unet", "transunet", "ensemble"]
+    script = REPO_ROOT / spec["do"]["cmd"].split()[1]
+    listed = {d for d in spec["do"]["deps"] if d.endswith(".py")}
+    assert listed == code_closure(script)
+    assert not any(d.startswith(("src/tumorseg/models/", "src/tumorseg/training/")) for d in listed)
 
 
 def test_dvc_yaml_paths_match_the_library():
@@ -134,22 +145,23 @@ def _append(path: Path, line: str) -> None:
 
 @pytest.mark.slow
 def test_training_only_edits_never_rerun_evaluation(tmp_path):
-    """Evaluation imports no training code: an edit to the training loop or its settings retrains, the
-    (deterministic) weights come out byte-identical, and DVC skips evaluate; an edit to the metrics
-    reruns evaluate alone."""
+    """Inference and evaluation import no training code: an edit to the training loop or its settings retrains,
+    the (deterministic) weights come out byte-identical, and DVC skips infer, postprocess and evaluate; an edit
+    to the metrics reruns the scoring stages alone."""
     repo, env = _git_copy(tmp_path, tiny_params(REPO_ROOT))
     dvc = [sys.executable, "-m", "dvc"]
     first = _run(dvc + ["repro", "evaluate@unet"], repo, env)
-    assert {"train@unet", "evaluate@unet"} <= ran_stages(first)
+    assert {"train@unet", "infer@unet", "postprocess@unet", "evaluate@unet"} <= ran_stages(first)
     weights = (repo / "models" / "unet" / "model.safetensors").read_bytes()
 
     _append(repo / "src" / "tumorseg" / "training" / "loop.py", "\n# a comment: the loop's code changed, its arithmetic did not\n")
     _append(repo / "src" / "tumorseg" / "training" / "settings.py", "\n# and so did the settings module\n")
     second = _run(dvc + ["repro", "evaluate@unet"], repo, env)
     assert ran_stages(second) == {"train@unet"}, second
-    assert "Stage 'evaluate@unet' didn't change, skipping" in second
+    for stage in ("infer@unet", "postprocess@unet", "evaluate@unet"):
+        assert f"Stage '{stage}' didn't change, skipping" in second
     assert (repo / "models" / "unet" / "model.safetensors").read_bytes() == weights
 
     _append(repo / "src" / "tumorseg" / "evaluation" / "metrics.py", "\n# an evaluation-only edit\n")
     third = _run(dvc + ["repro", "evaluate@unet"], repo, env)
-    assert ran_stages(third) == {"evaluate@unet"}, third
+    assert ran_stages(third) == {"postprocess@unet", "evaluate@unet"}, third

@@ -58,3 +58,10 @@ def _literal_assignments(path: Path) -> list[str]:
 def test_no_module_respells_the_scheme():
     offenders = [hit for path in sorted(SRC.rglob("*.py")) if path.name != "labels.py" for hit in _literal_assignments(path)]
     assert offenders == []
+
+
+def test_regions_to_labels_numpy_and_torch_agree():
+    regions = np.random.default_rng(1).random((4, 3, 5, 6)) > 0.5
+    from_numpy = regions_to_labels(regions)
+    assert from_numpy.dtype == np.uint8
+    np.testing.assert_array_equal(from_numpy, regions_to_labels(torch.from_numpy(regions)).numpy())

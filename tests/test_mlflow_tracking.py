@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tumorseg.evaluation.evaluate import evaluate_model
+from conftest import infer_postprocess_evaluate
 from tumorseg.evaluation.report import run_report
 from tumorseg.training.loop import train_model
 from tumorseg.training.settings import ModelSettings, TrainSettings
@@ -69,8 +69,8 @@ def test_three_trainings_land_in_mlflow(tiny_pipeline, tmp_path, mlflow_server):
     for name, cfg in TINY.items():
         train_model(name, train, cfg, root / "pre", root / "split.parquet", tmp_path / "models" / name, tmp_path / "ckpt" / name,
                     settings, preprocess_config={"normalize": "minmax"}, manifest_path=root / "manifest.parquet")
-        evaluate_model(name, tmp_path / "models" / name, root / "pre", root / "split.parquet", root / "manifest.parquet",
-                       root / "raw", tmp_path / "metrics" / f"{name}.json", tmp_path / "evaluation" / name, train, settings)
+        infer_postprocess_evaluate(name, root, tmp_path, settings)
+    infer_postprocess_evaluate("ensemble", root, tmp_path, settings, ensemble_of=list(TINY))
     result = run_report(list(TINY), tmp_path / "metrics", tmp_path / "models", tmp_path / "evaluation", root / "pre",
                         root / "split.parquet", tmp_path / "reports", settings)
 
@@ -85,6 +85,7 @@ def test_three_trainings_land_in_mlflow(tiny_pipeline, tmp_path, mlflow_server):
         history = client.get_metric_history(run.info.run_id, "val_dice_mean")
         assert [m.step for m in history] == [1, 2]
         assert 0.0 <= run.data.metrics["test_dice_WT"] <= 1.0 and "test_hd95_WT" in run.data.metrics
+        assert 0.0 <= run.data.metrics["test_lesion_dice_WT"] <= 1.0 and "test_without_postprocess.dice_WT" in run.data.metrics
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"loss_curves.png", "evaluation"} <= artifacts
         versions = client.search_model_versions(f"name = '{registered_name(name)}'")
@@ -101,4 +102,7 @@ def test_three_trainings_land_in_mlflow(tiny_pipeline, tmp_path, mlflow_server):
     requirements = mlflow.pyfunc.get_model_dependencies(f"models:/{registered_name(result['best'])}@{CHAMPION_ALIAS}")
     assert f"torch=={__import__('torch').__version__.split('+')[0]}" in Path(requirements).read_text().split()
     assert champion.version == "1"
-    assert (tmp_path / "reports" / "comparison.md").read_text().count("|") > 30
+    report = (tmp_path / "reports" / "comparison.md").read_text()
+    assert report.count("|") > 30 and "| ensemble |" in report
+    # the champion is the best model by validation lesion-wise Dice, never by test
+    assert result["best"] == max(TINY, key=lambda m: (result["validation"][m]["lesion_dice_mean"], result["validation"][m]["dice_mean"]))

@@ -14,7 +14,8 @@ from tumorseg.cli import app
 from tumorseg.data.brats import discover_cases
 from tumorseg.data.labels import SEQUENCES
 from tumorseg.data.slices import SliceStore
-from tumorseg.evaluation.inference import predict_slices, to_volume
+from tumorseg.evaluation.inference import predict_slices
+from tumorseg.evaluation.predictions import to_volume
 from tumorseg.models import io as model_io
 from tumorseg.training.loop import train_model
 from tumorseg.training.settings import ModelSettings, TrainSettings
@@ -135,3 +136,53 @@ def test_unknown_model_is_a_clear_error(trained, tmp_path):
     case = discover_cases(root / "raw")[0]
     result = CliRunner().invoke(app, ["predict", str(case.path), "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "no trained model here" in result.output
+
+
+def test_predict_applies_the_fitted_post_processing_unless_told_not_to(trained, tmp_path):
+    """The rules postprocess@<model> wrote beside the model are applied, as evaluate applies them."""
+    from tumorseg.evaluation.postprocess import PostprocessRules, write_rules
+
+    root, model_dir, _ = trained
+    case = discover_cases(root / "raw")[0]
+    # the trained model with its head's bias raised: it calls every brain slice's voxels enhancing tumour
+    model, config = model_io.load_model(model_dir)
+    state = model.state_dict()
+    state["head.weight"] = state["head.weight"] * 0
+    state["head.bias"] = state["head.bias"] * 0 + 10.0
+    folder = tmp_path / "model"
+    model_io.save_model(folder, state, config)
+    name = f"{case.case_id}-seg.nii.gz"
+    raw = _invoke("predict", case.path, "--model", folder, "--out", tmp_path / "raw")
+    assert raw.exit_code == 0, raw.output
+    labels = np.asanyarray(nib.load(tmp_path / "raw" / name).dataobj)
+    assert (labels == 3).any() and set(np.unique(labels).tolist()) == {0, 3}
+    # fitted rules: a patient whose ET is under a volume larger than the whole image has it relabelled necrotic core
+    rules = PostprocessRules({"WT": 0.0, "TC": 0.0, "ET": 0.0}, float(labels.size + 1))
+    write_rules(folder / "postprocess.json", rules, True, [], {})
+    post = _invoke("predict", case.path, "--model", folder, "--out", tmp_path / "post")
+    assert post.exit_code == 0, post.output
+    written = np.asanyarray(nib.load(tmp_path / "post" / name).dataobj)
+    assert np.array_equal(written, np.where(labels == 3, 1, labels))
+    off = _invoke("predict", case.path, "--model", folder, "--out", tmp_path / "off", "--no-postprocess")
+    assert off.exit_code == 0
+    assert np.array_equal(np.asanyarray(nib.load(tmp_path / "off" / name).dataobj), labels)
+
+
+def test_ensemble_averages_the_three_models(trained, tmp_path, monkeypatch):
+    """--model ensemble loads models/{unet,resnet_unet,transunet}; three copies of one model predict as that model."""
+    root, model_dir, _ = trained
+    models = tmp_path / "models"
+    for name in ("unet", "resnet_unet", "transunet"):
+        shutil.copytree(model_dir, models / name)
+    monkeypatch.setattr("tumorseg.paths.MODELS_DIR", models)
+    case = discover_cases(root / "raw")[0]
+    single = _invoke("predict", case.path, "--model", models / "unet", "--out", tmp_path / "single", "--no-postprocess")
+    assert single.exit_code == 0, single.output
+    result = _invoke("predict", case.path, "--model", "ensemble", "--out", tmp_path / "ens", "--no-postprocess")
+    assert result.exit_code == 0, result.output
+    name = f"{case.case_id}-seg.nii.gz"
+    assert np.array_equal(np.asanyarray(nib.load(tmp_path / "ens" / name).dataobj),
+                          np.asanyarray(nib.load(tmp_path / "single" / name).dataobj))
+    shutil.rmtree(models / "transunet")
+    missing = _invoke("predict", case.path, "--model", "ensemble", "--out", tmp_path / "none")
+    assert missing.exit_code == 2 and "transunet" in missing.output and "no trained model here" in missing.output

@@ -1,6 +1,6 @@
 """`tumorseg ci-report`: the pull-request comment CI posts after retraining.
 
-Each model's test Dice and HD95 per region against the base branch (from `dvc metrics diff`, so
+Each model's (and the ensemble's) test Dice, lesion-wise Dice and HD95 per region against the base branch (from `dvc metrics diff`, so
 the base's figures are the metrics/*.json committed there), then the report stage's table. Lives
 in the project, not in the workflow file, so it is tested like the rest.
 """
@@ -17,6 +17,7 @@ from tumorseg.data.labels import REGION_NAMES
 from tumorseg.models import MODEL_NAMES
 
 REGIONS = REGION_NAMES + ("mean",)  # the rows of each model table
+ROWS = (*MODEL_NAMES, "ensemble")
 MARKER = "<!-- tumorseg-ci-report -->"  # lets the workflow find and update its own comment
 
 
@@ -51,12 +52,18 @@ def _change(entry: dict, digits: int, higher_is_better: bool) -> str:
 
 
 def model_table(model: str, metrics: dict[str, dict]) -> list[str]:
-    lines = [f"#### {model}", "", "| region | Dice (base) | Dice | change | HD95 mm (base) | HD95 mm | change |", "|---|---|---|---|---|---|---|"]
+    """Legacy Dice, lesion-wise Dice and lesion-wise HD95 per region (post-processed), base vs this revision."""
+    lines = [f"#### {model}", "", "| region | Dice (base) | Dice | change | lesion Dice (base) | lesion Dice | change "
+             "| lesion HD95 mm (base) | lesion HD95 mm | change |", "|" + "---|" * 10]
     for region in REGIONS:
-        d = metrics.get(f"dice_{region}", {})
-        h = metrics.get(f"hd95_{region}", {})
-        lines.append(f"| {region} | {_fmt(d.get('old'), 3)} | {_fmt(d.get('new'), 3)} | {_change(d, 3, True)} "
-                     f"| {_fmt(h.get('old'), 1)} | {_fmt(h.get('new'), 1)} | {_change(h, 1, False)} |")
+        cells = []
+        for key, digits, higher in (("dice", 3, True), ("lesion_dice", 3, True), ("lesion_hd95", 1, False)):
+            e = metrics.get(f"{key}_{region}", {})
+            cells.append(f"{_fmt(e.get('old'), digits)} | {_fmt(e.get('new'), digits)} | {_change(e, digits, higher)}")
+        lines.append(f"| {region} | " + " | ".join(cells) + " |")
+    fp = metrics.get("fp_per_patient_WT", {})
+    lines.append(f"\nFalse-positive WT lesions per test patient: {_fmt(fp.get('old'), 2)} -> {_fmt(fp.get('new'), 2)} "
+                 f"({_change(fp, 2, False)})")
     return lines + [""]
 
 
@@ -64,15 +71,17 @@ def build_report(base: str, repo: Path = Path("."), metrics_dir: str = "metrics"
     diff = metrics_diff(base, repo)
     lines = [MARKER, f"### tumorseg retraining: test metrics against `{base}`", ""]
     summary = []
-    for model in MODEL_NAMES:
+    for model in ROWS:
         metrics = diff.get(f"{metrics_dir}/{model}.json")
         if metrics is None:
             summary.append(f"- **{model}**: no metrics in this revision or in `{base}`")
             continue
-        mean = metrics.get("dice_mean", {})
-        summary.append(f"- **{model}**: mean Dice {_fmt(mean.get('old'), 3)} -> {_fmt(mean.get('new'), 3)} ({_change(mean, 3, True)})")
+        lesion, mean = metrics.get("lesion_dice_mean", {}), metrics.get("dice_mean", {})
+        summary.append(f"- **{model}**: lesion-wise mean Dice {_fmt(lesion.get('old'), 3)} -> {_fmt(lesion.get('new'), 3)} "
+                       f"({_change(lesion, 3, True)}); mean Dice {_fmt(mean.get('old'), 3)} -> {_fmt(mean.get('new'), 3)} "
+                       f"({_change(mean, 3, True)})")
     lines += summary + ["", "<details open><summary>Dice and HD95 per region</summary>", ""]
-    for model in MODEL_NAMES:
+    for model in ROWS:
         if f"{metrics_dir}/{model}.json" in diff:
             lines += model_table(model, diff[f"{metrics_dir}/{model}.json"])
     lines += ["</details>", ""]

@@ -83,8 +83,9 @@ def report(params: Path = ParamsOption) -> None:
 def predict(
     inputs: list[Path] = typer.Argument(None, help="Patient folder(s) in BraTS naming (<case>-t1n.nii.gz, ...), "
                                                   "or a folder of patient folders (batch mode)."),
-    model: str = typer.Option("resnet_unet", "--model", "-m", help="A pipeline model name (models/<name>), a model "
-                              "folder or model.safetensors, or an MLflow URI such as models:/tumorseg-resnet_unet@champion."),
+    model: str = typer.Option("resnet_unet", "--model", "-m", help="A pipeline model name (models/<name>), ensemble (the "
+                              "three pipeline models' probabilities averaged), a model folder or model.safetensors, or an "
+                              "MLflow URI such as models:/tumorseg-resnet_unet@champion."),
     out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Folder for <case>-seg.nii.gz label maps."),
     t1n: Path = typer.Option(None, help="Explicit files instead of a folder: native T1."),
     t1c: Path = typer.Option(None, help="Contrast-enhanced T1."),
@@ -93,7 +94,9 @@ def predict(
     batch_size: int = typer.Option(32, help="Slices per forward pass."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Average the four in-plane mirrorings of every slice, as the "
-                             "evaluate stage does (evaluate.tta): the reported test metrics, for about 4x the time."),
+                             "infer stage does (infer.tta): the reported test metrics, for about 4x the time."),
+    postprocess: bool = typer.Option(True, "--postprocess/--no-postprocess", help="Apply the post-processing fitted for "
+                                     "the model on the validation patients (<model folder>/postprocess.json), as evaluate does."),
 ) -> None:
     """Segment new patients: a BraTS label map (0 background, 1 necrotic core, 2 edema, 3 enhancing tumour) per patient, with the input's shape, affine and header. Bad input: a message naming the file, exit code 2, no output for that patient."""
     from tumorseg.logs import setup_logging
@@ -110,7 +113,8 @@ def predict(
             cases = [case for folder in inputs for case in cases_in_folder(folder)]
         else:
             raise InputError("nothing to predict: give a patient folder, a folder of patients, or --t1n --t1c --t2w --t2f")
-        results = run_predict(cases, model, out, paths.MODELS_DIR, batch_size=batch_size, device=device, tta=tta)
+        results = run_predict(cases, model, out, paths.MODELS_DIR, batch_size=batch_size, device=device, tta=tta,
+                              postprocess=postprocess)
     except InputError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

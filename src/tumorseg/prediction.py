@@ -1,21 +1,23 @@
 """`tumorseg predict`: a trained model applied to new patients' NIfTI volumes.
 
 The input goes through exactly the training preprocessing (the settings saved in the model's
-model.json), every axial slice with brain is predicted in batches, the three region outputs become
-BraTS labels (ET where ET; else 1 where TC; else 2 where WT), and the label map is written with the
-input's shape, affine and header. Bad input raises ``InputError`` naming the file; nothing is written
+model.json), every axial slice with brain is predicted in batches (for ``ensemble``, by each of the
+three models, their probabilities averaged), the three region outputs become BraTS labels (ET where
+ET; else 1 where TC; else 2 where WT), the post-processing fitted on the validation patients is
+applied, and the label map is written with the input's shape, affine and header. Bad input raises ``InputError`` naming the file; nothing is written
 for that patient.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tumorseg.data.labels import SEQUENCES
+from tumorseg.evaluation.postprocess import PostprocessRules
 
 log = logging.getLogger(__name__)
 
@@ -110,17 +112,45 @@ def load_case(case: CaseInput):
     return channels, reference
 
 
+@dataclass
+class Predictor:
+    """What ``tumorseg predict`` and the app run: one trained model or the ensemble of the three, and the
+    post-processing fitted for it on the validation patients (identity rules when none is applied)."""
+
+    name: str
+    members: list[tuple[object, dict]]  # (model in eval mode, its model.json), one per ensemble member
+    rules: PostprocessRules = field(default_factory=PostprocessRules)
+    rules_source: str | None = None  # the postprocess.json applied, or None
+
+    def predict(self, channels: list[np.ndarray], spacing=(1.0, 1.0, 1.0), batch_size: int = 32, device="cpu",
+                amp_dtype=None, tta: bool = False) -> np.ndarray:
+        """(X, Y, Z) BraTS labels for one patient, preprocessed as each model's training data was, the
+        members' probabilities averaged as the ensemble stage does, then post-processed."""
+        from tumorseg.config import from_mapping
+        from tumorseg.data.preprocess import PreprocessSettings, preprocess_case
+        from tumorseg.evaluation.inference import predict_probabilities
+        from tumorseg.evaluation.predictions import dequantize, quantize, quantized_to_labels, to_volume
+
+        quantized, z0 = [], None
+        for model, config in self.members:
+            settings = from_mapping(PreprocessSettings, dict(config.get("preprocess") or {}), "model.json preprocess")
+            images, _, _, (start, _) = preprocess_case(channels, None, settings)
+            if z0 is not None and start != z0:
+                raise InputError(f"{self.name}: its members were trained on differently cropped data; retrain them with one "
+                                 f"preprocess block")
+            z0 = start
+            probs = predict_probabilities(model, images, batch_size, device, amp_dtype, tta=tta)  # (Z', 3, Y, X)
+            quantized.append(quantize(probs))
+        q = quantized[0] if len(quantized) == 1 else quantize(sum(dequantize(x) for x in quantized) / len(quantized))
+        labels = to_volume(quantized_to_labels(q), z0, channels[0].shape)
+        return self.rules.apply(labels, spacing)
+
+
 def predict_volume(model, config: dict, channels: list[np.ndarray], batch_size: int = 32, device="cpu",
                    amp_dtype=None, tta: bool = False) -> np.ndarray:
-    """(X, Y, Z) BraTS labels for one patient, preprocessed as the model's training data was."""
-    from tumorseg.config import from_mapping
-    from tumorseg.data.preprocess import PreprocessSettings, preprocess_case
-    from tumorseg.evaluation.inference import predict_slices, to_volume
-
-    settings = from_mapping(PreprocessSettings, dict(config.get("preprocess") or {}), "model.json preprocess")
-    images, _, _, (z0, _) = preprocess_case(channels, None, settings)
-    labels = predict_slices(model, images, batch_size=batch_size, device=device, amp_dtype=amp_dtype, tta=tta)
-    return to_volume(labels, z0, channels[0].shape)
+    """(X, Y, Z) BraTS labels of one model for one patient, preprocessed as its training data was, not post-processed."""
+    return Predictor("model", [(model, config)]).predict(channels, batch_size=batch_size, device=device, amp_dtype=amp_dtype,
+                                                         tta=tta)
 
 
 def write_label_map(labels: np.ndarray, reference, path: Path) -> None:
@@ -150,21 +180,49 @@ def label_map_bytes(labels: np.ndarray, reference) -> bytes:
         return path.read_bytes()
 
 
-def load_predictor(ref: str, models_dir: Path, device="cpu"):
-    """A model from a pipeline name (models/<name>), a folder or model.safetensors path, or an MLflow
-    URI (models:/tumorseg-resnet_unet@champion, runs:/<id>/model); returns (model, config)."""
+def load_predictor(ref: str, models_dir: Path, device="cpu", postprocess: bool = True) -> Predictor:
+    """A pipeline name (models/<name>), ``ensemble`` (the three pipeline models), a model folder or
+    model.safetensors path, or an MLflow URI (models:/tumorseg-resnet_unet@champion, runs:/<id>/model).
+    With ``postprocess``, the rules fitted for it on validation (its folder's postprocess.json) are applied;
+    a model without them is used as the network gives it, and the log says so."""
+    from tumorseg.evaluation.ensemble import ENSEMBLE
+    from tumorseg.evaluation.postprocess import POSTPROCESS_FILE
+    from tumorseg.models import MODEL_NAMES
+
+    if ref.startswith(("models:/", "runs:/")):
+        predictor = Predictor(ref, [_load_mlflow(ref, device)])
+        if postprocess:
+            log.warning("%s: an MLflow model carries no fitted post-processing; predicting without it (pass the pipeline "
+                        "model name, e.g. --model unet, to apply models/unet/postprocess.json)", ref)
+        return predictor
+    if ref == ENSEMBLE:
+        members = [_load_folder(Path(models_dir) / m, m) for m in MODEL_NAMES]
+        folder = Path(models_dir) / ENSEMBLE
+    else:
+        folder = Path(models_dir) / ref if ref in MODEL_NAMES else Path(ref)
+        if folder.is_file():
+            folder = folder.parent
+        members = [_load_folder(folder, ref)]
+    predictor = Predictor(ref, [(m.to(device), c) for m, c in members])
+    rules_path = folder / POSTPROCESS_FILE
+    if postprocess and rules_path.is_file():
+        from tumorseg.evaluation.postprocess import read_rules
+
+        predictor.rules, predictor.rules_source = read_rules(rules_path), str(rules_path)
+        log.info("%s: post-processing from %s: %s", ref, rules_path, predictor.rules)
+    elif postprocess:
+        log.warning("%s: no %s (run `dvc repro postprocess@%s`); predicting without post-processing", ref, rules_path, ref)
+    return predictor
+
+
+def _load_folder(path: Path, ref: str):
     from tumorseg.models import MODEL_NAMES
     from tumorseg.models.io import CONFIG_FILE, load_model
 
-    if ref.startswith(("models:/", "runs:/")):
-        return _load_mlflow(ref, device)
-    path = Path(models_dir) / ref if ref in MODEL_NAMES else Path(ref)
-    if path.is_file():
-        path = path.parent
     if not (path / CONFIG_FILE).is_file():
-        hint = " (run `dvc repro` to train it)" if ref in MODEL_NAMES else ""
+        hint = " (run `dvc repro` to train it)" if ref in MODEL_NAMES or ref == "ensemble" else ""
         raise InputError(f"{path}: no trained model here (model.json and model.safetensors expected){hint}")
-    return load_model(path, device)
+    return load_model(path)
 
 
 def _load_mlflow(uri: str, device):
@@ -202,7 +260,8 @@ def output_path(out_dir: Path, case_id: str) -> Path:
 
 
 def run_predict(cases: list[CaseInput], model_ref: str, out_dir: Path, models_dir: Path, batch_size: int = 32,
-                device: str = "auto", progress: bool = True, tta: bool = False) -> list[tuple[CaseInput, Path | None, str | None]]:
+                device: str = "auto", progress: bool = True, tta: bool = False,
+                postprocess: bool = True) -> list[tuple[CaseInput, Path | None, str | None]]:
     """Predict every case; a bad case is reported and skipped (nothing written for it), the others go on.
     Returns (case, written path or None, error or None) per case."""
     from tqdm.auto import tqdm
@@ -210,13 +269,14 @@ def run_predict(cases: list[CaseInput], model_ref: str, out_dir: Path, models_di
     from tumorseg.models.runtime import pick_amp_dtype, pick_device
 
     dev = pick_device(device)
-    model, config = load_predictor(model_ref, models_dir, dev)
+    predictor = load_predictor(model_ref, models_dir, dev, postprocess)
     amp = pick_amp_dtype("auto", dev)
     results = []
     for case in tqdm(cases, desc="predict", unit="patient", disable=not progress or len(cases) < 2):
         try:
             channels, reference = load_case(case)
-            labels = predict_volume(model, config, channels, batch_size, dev, amp, tta)
+            spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])
+            labels = predictor.predict(channels, spacing, batch_size, dev, amp, tta)
         except InputError as exc:
             log.error("%s", exc)
             results.append((case, None, str(exc)))

@@ -16,7 +16,7 @@ import streamlit as st
 from tumorseg.app import support
 from tumorseg.data.labels import LABEL_NAMES, REGION_NAMES, SEQUENCES
 from tumorseg.models import MODEL_NAMES
-from tumorseg.prediction import InputError, case_from_folder, label_map_bytes, load_case, load_predictor, predict_volume
+from tumorseg.prediction import InputError, case_from_folder, label_map_bytes, load_case, load_predictor
 
 MODELS_DIR = Path(os.environ.get("TUMORSEG_MODELS_DIR", "models"))
 SEQUENCE_NAMES = {"t1n": "T1 (native)", "t1c": "T1 + contrast", "t2w": "T2", "t2f": "T2-FLAIR"}
@@ -29,16 +29,18 @@ def cached_model(ref: str):
 
 
 def available_models() -> list[str]:
-    return [m for m in MODEL_NAMES if (MODELS_DIR / m / "model.json").is_file()]
+    trained = [m for m in MODEL_NAMES if (MODELS_DIR / m / "model.json").is_file()]
+    return trained + (["ensemble"] if len(trained) == len(MODEL_NAMES) else [])
 
 
 def segment(case, mask_path, model_ref: str) -> dict:
     channels, reference = load_case(case)
     mask = support.load_mask_for(channels[0].shape, mask_path)
-    model, config = cached_model(model_ref)
-    labels = predict_volume(model, config, channels)
+    spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])
+    predictor = cached_model(model_ref)
+    labels = predictor.predict(channels, spacing)
     return {"case_id": case.case_id, "channels": channels, "labels": labels, "mask": mask, "model": model_ref,
-            "spacing": tuple(float(z) for z in reference.header.get_zooms()[:3]),
+            "postprocess": predictor.rules_source, "spacing": spacing,
             "download": label_map_bytes(labels, reference)}
 
 
@@ -73,6 +75,8 @@ def sidebar() -> tuple[str | None, object | None, Path | None]:
 def show(result: dict) -> None:
     channels, labels, mask = result["channels"], result["labels"], result["mask"]
     st.subheader(f"{result['case_id']} - {result['model']}")
+    st.caption(f"Post-processing fitted on the validation patients: {result['postprocess']}" if result.get("postprocess")
+               else "No post-processing applied (none fitted for this model)")
     depth = labels.shape[2]
     z = st.slider("Axial slice", 0, depth - 1, support.most_tumour_slice(labels), key="slice")
     seq = st.selectbox("Sequence shown", SEQUENCES, index=SEQUENCES.index("t2f"), format_func=SEQUENCE_NAMES.get, key="sequence")
@@ -90,8 +94,11 @@ def show(result: dict) -> None:
     if mask is not None:
         truth = support.region_volumes_cm3(mask, result["spacing"])
         dice = support.region_dice(labels, mask)
+        lesions = support.region_lesion_scores(labels, mask, result["spacing"])
         table["expert volume (cm3)"] = [f"{truth[r]:.2f}" for r in REGION_NAMES]
         table["Dice"] = [f"{dice[r]:.3f}" for r in REGION_NAMES]
+        table["lesion-wise Dice (BraTS 2023)"] = [f"{lesions[r].dice:.3f}" for r in REGION_NAMES]
+        table["false-positive lesions"] = [str(lesions[r].fp) for r in REGION_NAMES]
     st.table(table)
     st.download_button("Download the predicted mask (.nii.gz)", result["download"],
                        file_name=f"{result['case_id']}-seg.nii.gz", mime="application/gzip", key="download")

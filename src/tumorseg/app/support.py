@@ -113,6 +113,13 @@ def region_dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {r: dice(region_mask(pred, r), region_mask(truth, r)) for r in REGION_NAMES}
 
 
+def region_lesion_scores(pred: np.ndarray, truth: np.ndarray, spacing_mm=(1.0, 1.0, 1.0)) -> dict:
+    """BraTS 2023 lesion-wise Dice, HD95 and lesion counts per region (``LesionScores``)."""
+    from tumorseg.evaluation.metrics import lesion_wise
+
+    return {r: lesion_wise(region_mask(pred, r), region_mask(truth, r), spacing_mm) for r in REGION_NAMES}
+
+
 def most_tumour_slice(labels: np.ndarray) -> int:
     """The axial slice with the most predicted tumour (the middle one when there is none)."""
     per_slice = (labels > 0).sum(axis=(0, 1))

@@ -42,12 +42,14 @@ def labels_to_regions(labels: torch.Tensor) -> torch.Tensor:
                         for r in REGION_NAMES], dim=1).float()
 
 
-def regions_to_labels(regions: torch.Tensor) -> torch.Tensor:
-    """(..., 3, H, W) boolean regions -> uint8 labels, the innermost region winning: ET -> 3, else
-    TC -> 1, else WT -> 2 (a voxel in TC but not WT, or ET but not TC, still gets the inner label)."""
+def regions_to_labels(regions):
+    """(..., 3, H, W) boolean regions (numpy or torch) -> uint8 labels, the innermost region winning:
+    ET -> 3, else TC -> 1, else WT -> 2 (a voxel in TC but not WT, or ET but not TC, still gets the inner label)."""
+    wt, tc, et = regions[..., 0, :, :], regions[..., 1, :, :], regions[..., 2, :, :]
+    if isinstance(regions, np.ndarray):
+        return np.where(et, np.uint8(3), np.where(tc, np.uint8(1), np.where(wt, np.uint8(2), np.uint8(0))))
     import torch
 
-    wt, tc, et = regions.unbind(dim=-3)
     labels = torch.zeros(wt.shape, dtype=torch.uint8, device=regions.device)
     labels[wt] = 2
     labels[tc] = 1

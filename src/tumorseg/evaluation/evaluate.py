@@ -1,31 +1,27 @@
-"""The ``evaluate@<model>`` stage: every test patient predicted and scored in 3D.
+"""The ``evaluate@<model>`` stage: the test patients scored in 3D, with and without post-processing.
 
-Each test patient's kept slices are predicted in batches and put back into the original
-volume (cropped-away slices are background), then compared with the expert mask read from the
-original NIfTI, so nothing the cropping dropped is silently excluded.
+It reads the model's probabilities from ``infer@<model>`` (or the ensemble's) and the rules that
+``postprocess@<model>`` fitted on the validation patients; the test patients only report. Labels
+are put back into the original volume (cropped-away slices are background) and compared with the
+expert mask read from the original NIfTI, so nothing the cropping dropped is silently excluded.
+Scored per region: legacy Dice / HD95 and BraTS 2023 lesion-wise Dice / HD95 with lesion counts.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
-from tumorseg.data.brats import MASK, load_mask, read_manifest
-from tumorseg.data.slices import SliceStore, read_case_index
 from tumorseg.data.split import read_split
-from tumorseg.evaluation.inference import predict_slices, to_volume
-from tumorseg.evaluation.metrics import slice_dice_wt, summarise, volume_metrics
-from tumorseg.fileio import atomic_file, sha256_file
-from tumorseg.models.io import WEIGHTS_FILE, load_model
-from tumorseg.models.runtime import RuntimeSettings, configure_determinism, pick_amp_dtype, pick_device
+from tumorseg.evaluation.metrics import summarise
+from tumorseg.evaluation.postprocess import POSTPROCESS_FILE, read_rules
+from tumorseg.evaluation.predictions import Predictions
+from tumorseg.evaluation.scoring import Truths, score_patients
+from tumorseg.fileio import atomic_dir, atomic_file
 from tumorseg.tracking import MlflowSettings, log_test_metrics
 
 log = logging.getLogger(__name__)
@@ -34,22 +30,14 @@ PER_PATIENT_FILE = "per_patient.csv"
 EXAMPLES_FILE = "examples.npy"
 EXAMPLES_INDEX = "examples.json"
 N_EXAMPLES = 3
-
-
-@dataclass(frozen=True)
-class EvaluateSettings:
-    """The ``evaluate`` block of params.yaml."""
-
-    tta: bool = True  # average the four in-plane mirrorings, as nnU-Net predicts (4x the inference cost)
+RAW_KEY = "without_postprocess"  # metrics/<model>.json: the same figures before post-processing
 
 
 def test_cases(split: pd.DataFrame) -> list[str]:
     """Patients whose slices are all in the test subset (all of them under a patient split)."""
-    per_case = split.groupby("case_id")["split"].agg(lambda s: set(s))
-    cases = sorted(c for c, subsets in per_case.items() if subsets == {"test"})
-    if not cases:
-        raise ValueError("no patient lies wholly in the test subset (split.level: slice?); 3D evaluation needs a patient split")
-    return cases
+    from tumorseg.evaluation.predictions import patients
+
+    return patients(split, "test")
 
 
 def example_slices(store_dir: Path, split: pd.DataFrame, n: int = N_EXAMPLES) -> list[tuple[str, int]]:
@@ -63,59 +51,58 @@ def example_slices(store_dir: Path, split: pd.DataFrame, n: int = N_EXAMPLES) ->
     return [(r.case_id, int(r.row)) for r in best.head(n).itertuples()]
 
 
-def evaluate_model(name: str, model_dir: Path, store_dir: Path, split_path: Path, manifest_path: Path, raw_dir: Path,
-                   metrics_path: Path, out_dir: Path, runtime: RuntimeSettings, mlflow_settings: MlflowSettings,
-                   settings: EvaluateSettings = EvaluateSettings()) -> dict:
-    device = pick_device(runtime.device)
-    configure_determinism(runtime.deterministic, device)
-    amp_dtype = pick_amp_dtype(runtime.amp, device)
-    model, config = load_model(model_dir, device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+def evaluate_model(name: str, predictions_dir: Path, postprocess_path: Path, store_dir: Path, split_path: Path,
+                   manifest_path: Path, raw_dir: Path, metrics_path: Path, out_dir: Path, seconds_path: Path | None,
+                   mlflow_settings: MlflowSettings) -> dict:
+    preds = Predictions(predictions_dir)
+    rules = read_rules(postprocess_path)
     split = read_split(split_path)
-    cases = read_case_index(Path(store_dir) / "cases.parquet").set_index("case_id")
-    manifest = read_manifest(manifest_path).set_index("case_id")
-    store = SliceStore(store_dir)
-    rows, slice_dices, seconds = [], [], []
-    for case_id in tqdm(test_cases(split), desc=f"evaluate {name}", unit="patient", dynamic_ncols=True):
-        case = cases.loc[case_id]
-        t0 = time.perf_counter()
-        labels = predict_slices(model, store._images(case_id), runtime.eval_batch_size, device, amp_dtype, runtime.channels_last,
-                                settings.tta)
-        pred = to_volume(labels, int(case["z_start"]), (int(case["nx"]), int(case["ny"]), int(case["nz"])))
-        seconds.append(time.perf_counter() - t0)
-        truth = load_mask(Path(raw_dir) / manifest.loc[case_id, f"{MASK}_path"])
-        spacing = (float(case["spacing_x"]), float(case["spacing_y"]), float(case["spacing_z"]))
-        rows.append({"case_id": case_id, "cohort": case["cohort"], **volume_metrics(pred, truth, spacing)})
-        slice_dices += slice_dice_wt(pred, truth)
-    per_patient = pd.DataFrame(rows)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out_dir / PER_PATIENT_FILE) as tmp:
-        per_patient.to_csv(tmp, index=False, float_format="%.6g")
+    cases = test_cases(split)
+    missing = sorted(set(cases) - set(preds.cases("test")))
+    if missing:
+        raise ValueError(f"{predictions_dir}: no predictions for test patients {missing}; rerun `dvc repro infer@{name}`")
+    scored = score_patients(preds, cases, Truths(raw_dir, manifest_path), {"raw": None, "post": rules.apply})
+    (raw_rows, raw_slices), (rows, slices) = scored["raw"], scored["post"]
 
     examples = example_slices(store_dir, split)
-    preds = np.stack([predict_slices(model, np.asarray(store.image(c, r))[None], 1, device, amp_dtype, runtime.channels_last,
-                                     settings.tta)[0]
-                      for c, r in examples])
-    with atomic_file(out_dir / EXAMPLES_FILE) as tmp:
-        np.save(tmp, preds)
-    with atomic_file(out_dir / EXAMPLES_INDEX) as tmp:
-        tmp.write_text(json.dumps([{"case_id": c, "row": r} for c, r in examples], indent=2) + "\n")
+    example_labels = []
+    for case_id, row in examples:
+        z = preds.index["cases"][case_id]["z_start"] + row
+        example_labels.append(rules.apply(preds.labels(case_id), preds.spacing(case_id))[:, :, z].T)  # (Y, X) as stored
+    with atomic_dir(Path(out_dir)) as tmp:
+        table = pd.DataFrame(rows).merge(pd.DataFrame(raw_rows), on=["case_id", "cohort"], suffixes=("", "_raw"))
+        table.to_csv(tmp / PER_PATIENT_FILE, index=False, float_format="%.6g")
+        np.save(tmp / EXAMPLES_FILE, np.stack(example_labels))
+        (tmp / EXAMPLES_INDEX).write_text(json.dumps([{"case_id": c, "row": r} for c, r in examples], indent=2) + "\n")
 
-    metrics = summarise(rows, slice_dices)
-    metrics["seconds_per_volume"] = round(float(np.median(seconds)), 3)
+    metrics = summarise(rows, slices)
+    metrics[RAW_KEY] = summarise(raw_rows, raw_slices)
+    seconds = json.loads(Path(seconds_path).read_text())["seconds_per_volume"] if seconds_path and Path(seconds_path).is_file() else None
+    metrics["seconds_per_volume"] = seconds
     with atomic_file(metrics_path) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    log.info("%s on %d test patients: Dice WT %.3f TC %.3f ET %.3f; HD95 WT %.1f mm; %.2f s/volume", name, len(per_patient),
-             metrics["dice_WT"], metrics["dice_TC"], metrics["dice_ET"], metrics["hd95_WT"], metrics["seconds_per_volume"])
-    log_test_metrics(mlflow_settings, name, sha256_file(Path(model_dir) / WEIGHTS_FILE),
-                     {f"test_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, [out_dir / PER_PATIENT_FILE])
+    log.info("%s on %d test patients: Dice WT %.3f TC %.3f ET %.3f, lesion-wise %.3f %.3f %.3f, %.2f false WT lesions per patient "
+             "(without post-processing: lesion-wise WT %.3f, %.2f)", name, len(rows), metrics["dice_WT"], metrics["dice_TC"],
+             metrics["dice_ET"], metrics["lesion_dice_WT"], metrics["lesion_dice_TC"], metrics["lesion_dice_ET"],
+             metrics["fp_per_patient_WT"], metrics[RAW_KEY]["lesion_dice_WT"], metrics[RAW_KEY]["fp_per_patient_WT"])
+    if preds.index["members"] == [name]:  # a trained model: its test figures join its training run
+        log_test_metrics(mlflow_settings, name, preds.index["weights_sha256"][name],
+                         {f"test_{k}": v for k, v in _flat(metrics).items()}, [Path(out_dir) / PER_PATIENT_FILE])
     return metrics
 
 
+def _flat(metrics: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def main(model: str, params_path: str | Path = "params.yaml") -> dict:
-    """Stage entry point for ``evaluate@<model>``."""
+    """Stage entry point for ``evaluate@<model>`` (``model`` may be ``ensemble``)."""
     from tumorseg import paths
     from tumorseg.config import from_mapping, read_params
     from tumorseg.logs import setup_logging
@@ -123,8 +110,7 @@ def main(model: str, params_path: str | Path = "params.yaml") -> dict:
     setup_logging()
     params = read_params(params_path)
     return evaluate_model(
-        model, paths.MODELS_DIR / model, paths.PREPROCESSED_DIR, paths.SPLIT, paths.MANIFEST, paths.RAW_DIR,
-        paths.METRICS_DIR / f"{model}.json", paths.EVALUATION_DIR / model,
-        from_mapping(RuntimeSettings, params.get("train"), "train", subset=True), from_mapping(MlflowSettings, params.get("mlflow"), "mlflow"),
-        from_mapping(EvaluateSettings, params.get("evaluate"), "evaluate"),
+        model, paths.INFERENCE_DIR / model, paths.MODELS_DIR / model / POSTPROCESS_FILE, paths.PREPROCESSED_DIR, paths.SPLIT,
+        paths.MANIFEST, paths.RAW_DIR, paths.METRICS_DIR / f"{model}.json", paths.EVALUATION_DIR / model,
+        paths.INFERENCE_DIR / f"{model}.seconds.json", from_mapping(MlflowSettings, params.get("mlflow"), "mlflow"),
     )

@@ -21,24 +21,23 @@ def region_probabilities(model: torch.nn.Module, x: torch.Tensor, tta: bool = Fa
 
 
 @torch.no_grad()
-def predict_slices(model: torch.nn.Module, images: np.ndarray, batch_size: int = 32, device: torch.device | str = "cpu",
-                   amp_dtype: torch.dtype | None = None, channels_last: bool = True, tta: bool = False) -> np.ndarray:
-    """(Z, 4, Y, X) normalised slices -> (Z, Y, X) uint8 BraTS labels (probability > 0.5 per region)."""
+def predict_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int = 32, device: torch.device | str = "cpu",
+                          amp_dtype: torch.dtype | None = None, channels_last: bool = True, tta: bool = False) -> np.ndarray:
+    """(Z, 4, Y, X) normalised slices -> (Z, 3, Y, X) float32 region probabilities (WT, TC, ET)."""
     device = torch.device(device)
     model.eval()
-    out = np.zeros((images.shape[0],) + images.shape[2:], dtype=np.uint8)
+    out = np.zeros((images.shape[0], 3) + images.shape[2:], dtype=np.float32)
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.array(images[start:start + batch_size], dtype=np.float32)).to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
-            probs = region_probabilities(model, x, tta)
-        out[start:start + len(x)] = regions_to_labels(probs > 0.5).cpu().numpy()
+            out[start:start + len(x)] = region_probabilities(model, x, tta).cpu().numpy()
     return out
 
 
-def to_volume(slice_labels: np.ndarray, z_start: int, shape_xyz: tuple[int, int, int]) -> np.ndarray:
-    """(Z', Y, X) labels of the kept slices -> (X, Y, Z) volume; cropped-away slices are background."""
-    volume = np.zeros(tuple(shape_xyz)[::-1], dtype=np.uint8)  # (Z, Y, X)
-    volume[z_start:z_start + len(slice_labels)] = slice_labels
-    return volume.T  # (X, Y, Z), the NIfTI order
+def predict_slices(model: torch.nn.Module, images: np.ndarray, batch_size: int = 32, device: torch.device | str = "cpu",
+                   amp_dtype: torch.dtype | None = None, channels_last: bool = True, tta: bool = False) -> np.ndarray:
+    """(Z, 4, Y, X) normalised slices -> (Z, Y, X) uint8 BraTS labels (probability > 0.5 per region)."""
+    probs = predict_probabilities(model, images, batch_size, device, amp_dtype, channels_last, tta)
+    return regions_to_labels(probs > 0.5)

@@ -1,17 +1,23 @@
-"""BraTS per-volume ("legacy") metrics: Dice, HD95 in mm, sensitivity, specificity.
+"""BraTS metrics: per-volume ("legacy") Dice, HD95, sensitivity, specificity, and lesion-wise Dice and HD95.
 
-Conventions (BraTS): prediction and truth both empty -> Dice 1, HD95 0; exactly one empty ->
+Legacy conventions (BraTS): prediction and truth both empty -> Dice 1, HD95 0; exactly one empty ->
 Dice 0, HD95 373.13 mm (the penalty BraTS uses: the diagonal of the 240 x 240 x 155 grid).
-HD95 is the larger of the two directed 95th percentiles of surface distances (as medpy and the
-BraTS toolkit), computed with an exact Euclidean distance transform in the voxel spacing.
+HD95 is the larger of the two directed 95th percentiles of surface distances (as the BraTS 2023
+code), computed with an exact Euclidean distance transform in the voxel spacing.
+
+Lesion-wise (BraTS 2023 onwards, how BraTS-Africa / SSA ranks teams): every connected tumour
+component is scored on its own and every false-positive component counts as Dice 0 / HD95 374 mm,
+so a spurious blob that the legacy Dice barely notices halves a one-lesion patient's score.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
-from tumorseg.data.labels import REGIONS, region_mask
+from tumorseg.data.labels import REGION_NAMES, REGIONS, region_mask
 
 HD95_EMPTY_PENALTY = 373.13
 
@@ -55,15 +61,96 @@ def specificity(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if negatives == 0 else float(np.logical_and(~pred, ~truth).sum() / negatives)
 
 
+# ---------------------------------------------------------------------------------------------
+# Lesion-wise metrics (BraTS 2023 onwards; how BraTS-Africa / SSA ranks).
+
+LESION_HD95_PENALTY = 374.0  # the BraTS 2023 metrics code's penalty for a missed or false lesion
+LESION_DILATION = 3  # binary dilations that merge nearby ground-truth lesions and define a match (GLI, SSA, PED)
+LESION_MIN_VOLUME_MM3 = 50.0  # ground-truth lesions of this volume or less are left out (GLI, SSA, PED)
+_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+_DILATION_STRUCTURE = ndimage.generate_binary_structure(3, 2)  # as the BraTS 2023 code dilates
+
+
+@dataclass(frozen=True)
+class LesionScores:
+    """One region of one patient, scored lesion by lesion."""
+
+    dice: float  # sum of per-lesion Dice / (GT lesions + FP)
+    hd95: float  # (sum of per-lesion HD95 + 374 per FP) / (GT lesions + FP), mm
+    tp: int  # ground-truth lesions (> min volume) that a predicted component overlaps
+    fn: int  # ground-truth lesions (> min volume) that none does
+    fp: int  # predicted components overlapping no dilated ground-truth lesion
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    where = np.argwhere(mask)
+    lo = np.maximum(where.min(0) - margin, 0)
+    hi = np.minimum(where.max(0) + margin + 1, mask.shape)
+    return tuple(slice(a, b) for a, b in zip(lo, hi))
+
+
+def lesion_wise(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), dilation: int = LESION_DILATION,
+                min_volume_mm3: float = LESION_MIN_VOLUME_MM3) -> LesionScores:
+    """BraTS 2023 lesion-wise Dice and HD95 of one region (boolean 3D masks).
+
+    Ground-truth lesions are the 26-connected components of the truth, merged when they touch after
+    ``dilation`` binary dilations; a predicted 26-connected component overlapping a lesion's dilated
+    mask is matched to it (a true positive), any other predicted component is a false positive that
+    scores Dice 0 / HD95 374 mm. Lesions of ``min_volume_mm3`` or less are left out of the scores and
+    the counts (their matched components are not false positives). Both empty: Dice 1, HD95 0.
+    """
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    voxel_mm3 = float(np.prod(spacing))
+    pred_cc, n_pred = ndimage.label(pred, structure=_CONNECTIVITY_26)
+    if truth.any():
+        dilated = ndimage.binary_dilation(truth, structure=_DILATION_STRUCTURE, iterations=dilation)
+        merged, n_lesions = ndimage.label(dilated, structure=_CONNECTIVITY_26)
+        merged[~truth] = 0  # each truth voxel carries the id of the dilated component it lies in
+    else:
+        merged, n_lesions = np.zeros(truth.shape, dtype=np.int32), 0
+    matched: set[int] = set()
+    dices, hds, tp, fn = [], [], 0, 0
+    for lesion_id in range(1, n_lesions + 1):
+        lesion = merged == lesion_id
+        box = _box(lesion, dilation + 1)
+        reach = ndimage.binary_dilation(lesion[box], structure=_DILATION_STRUCTURE, iterations=dilation)
+        hits = np.unique(pred_cc[box][reach])
+        hits = hits[hits != 0]
+        matched.update(hits.tolist())
+        if lesion.sum() * voxel_mm3 <= min_volume_mm3:
+            continue
+        if len(hits) == 0:
+            fn += 1
+            dices.append(0.0)
+            hds.append(LESION_HD95_PENALTY)
+            continue
+        tp += 1
+        found = np.isin(pred_cc, hits)
+        dices.append(dice(found, lesion))
+        hds.append(hd95(found, lesion, spacing))
+    fp = n_pred - len(matched)
+    count = len(dices) + fp
+    if count == 0:
+        return LesionScores(1.0, 0.0, 0, 0, 0)
+    return LesionScores(float(sum(dices) / count), float((sum(hds) + LESION_HD95_PENALTY * fp) / count), tp, fn, fp)
+
+
 def volume_metrics(pred_labels: np.ndarray, truth_labels: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> dict[str, float]:
-    """Dice, HD95, sensitivity and specificity per region for one patient's label volumes."""
-    out = {}
+    """Per region for one patient's label volumes: legacy Dice, HD95, sensitivity, specificity, and
+    lesion-wise Dice, HD95 and lesion counts (TP, FN, FP)."""
+    out: dict[str, float] = {}
     for region in REGIONS:
         p, t = region_mask(pred_labels, region), region_mask(truth_labels, region)
         out[f"dice_{region}"] = dice(p, t)
         out[f"hd95_{region}"] = hd95(p, t, spacing)
         out[f"sensitivity_{region}"] = sensitivity(p, t)
         out[f"specificity_{region}"] = specificity(p, t)
+        lesions = lesion_wise(p, t, spacing)
+        out[f"lesion_dice_{region}"] = lesions.dice
+        out[f"lesion_hd95_{region}"] = lesions.hd95
+        out[f"lesion_tp_{region}"] = lesions.tp
+        out[f"lesion_fn_{region}"] = lesions.fn
+        out[f"lesion_fp_{region}"] = lesions.fp
     return out
 
 
@@ -75,14 +162,25 @@ def slice_dice_wt(pred_labels: np.ndarray, truth_labels: np.ndarray, axis: int =
 
 
 def summarise(per_patient: list[dict[str, float]], slice_dices: list[float]) -> dict[str, float | int | None]:
-    """The numbers of metrics/<model>.json: mean Dice (4 decimals) and HD95 (2) per region and over the
-    regions, and the mean slice-level WT Dice; shared so other scorers (bench/nnunet_baseline) compare."""
+    """The numbers of metrics/<model>.json: mean legacy and lesion-wise Dice (4 decimals) and HD95 (2) per
+    region and over the regions, false-positive lesions per patient per region, and the mean slice-level
+    WT Dice; shared so other scorers (bench/nnunet_baseline) compare."""
     out: dict[str, float | int | None] = {"n_patients": len(per_patient)}
-    for region in REGIONS:
-        out[f"dice_{region}"] = round(float(np.mean([row[f"dice_{region}"] for row in per_patient])), 4)
-    out["dice_mean"] = round(float(np.mean([out[f"dice_{r}"] for r in REGIONS])), 4)
-    for region in REGIONS:
-        out[f"hd95_{region}"] = round(float(np.mean([row[f"hd95_{region}"] for row in per_patient])), 2)
-    out["hd95_mean"] = round(float(np.mean([out[f"hd95_{r}"] for r in REGIONS])), 2)
+
+    def mean(key: str, digits: int) -> float:
+        return round(float(np.mean([row[key] for row in per_patient])), digits)
+
+    for prefix in ("", "lesion_"):
+        if prefix and f"lesion_dice_{REGION_NAMES[0]}" not in per_patient[0]:
+            continue  # rows scored before lesion-wise metrics existed
+        for region in REGIONS:
+            out[f"{prefix}dice_{region}"] = mean(f"{prefix}dice_{region}", 4)
+        out[f"{prefix}dice_mean"] = round(float(np.mean([out[f"{prefix}dice_{r}"] for r in REGIONS])), 4)
+        for region in REGIONS:
+            out[f"{prefix}hd95_{region}"] = mean(f"{prefix}hd95_{region}", 2)
+        out[f"{prefix}hd95_mean"] = round(float(np.mean([out[f"{prefix}hd95_{r}"] for r in REGIONS])), 2)
+    if f"lesion_fp_{REGION_NAMES[0]}" in per_patient[0]:
+        for region in REGIONS:
+            out[f"fp_per_patient_{region}"] = mean(f"lesion_fp_{region}", 3)
     out["slice_dice_WT"] = round(float(np.mean(slice_dices)), 4) if slice_dices else None
     return out

@@ -1,0 +1,92 @@
+"""The ``infer@<model>`` and ``ensemble`` stages: region probabilities for the validation and test patients.
+
+The model runs once per patient here; post-processing (fitted on the validation patients), the
+test scores and the ensemble all read these files (format: ``tumorseg.evaluation.predictions``),
+so none of them reruns a network. Timings are not part of these cached outputs (they differ run
+to run): they go to ``inference/<model>.seconds.json`` beside the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tumorseg.data.slices import SliceStore, read_case_index
+from tumorseg.data.split import read_split
+from tumorseg.evaluation.inference import predict_probabilities
+from tumorseg.evaluation.predictions import patients, quantize, write_index
+from tumorseg.fileio import atomic_dir, atomic_file, sha256_file
+from tumorseg.models.io import WEIGHTS_FILE, load_model
+from tumorseg.models.runtime import RuntimeSettings, configure_determinism, pick_amp_dtype, pick_device
+
+log = logging.getLogger(__name__)
+
+SUBSETS = ("val", "test")  # the patients scored in 3D: validation fits post-processing, test reports
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    """The ``infer`` block of params.yaml."""
+
+    tta: bool = True  # average the mirrored predictions of each slice, as nnU-Net predicts (cost x the mirrorings)
+
+
+def _write_seconds(path: Path, seconds: list[float]) -> None:
+    with atomic_file(Path(path)) as tmp:
+        tmp.write_text(json.dumps({"seconds_per_volume": round(float(np.median(seconds)), 3) if seconds else None}) + "\n")
+
+
+def infer_model(name: str, model_dir: Path, store_dir: Path, split_path: Path, out_dir: Path, seconds_path: Path,
+                runtime: RuntimeSettings, tta: bool) -> dict:
+    device = pick_device(runtime.device)
+    configure_determinism(runtime.deterministic, device)
+    amp_dtype = pick_amp_dtype(runtime.amp, device)
+    model, _ = load_model(model_dir, device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    split = read_split(split_path)
+    cases = read_case_index(Path(store_dir) / "cases.parquet").set_index("case_id")
+    store = SliceStore(store_dir)
+    index = {"model": name, "members": [name], "weights_sha256": {name: sha256_file(Path(model_dir) / WEIGHTS_FILE)},
+             "tta": tta, "cases": {}}
+    seconds = []
+    jobs = [(c, s) for s in SUBSETS for c in patients(split, s)]
+    with atomic_dir(Path(out_dir)) as tmp:
+        for case_id, subset in tqdm(jobs, desc=f"infer {name}", unit="patient", dynamic_ncols=True):
+            case = cases.loc[case_id]
+            t0 = time.perf_counter()
+            probs = predict_probabilities(model, store._images(case_id), runtime.eval_batch_size, device, amp_dtype,
+                                          runtime.channels_last, tta)  # (Z', 3, Y, X)
+            seconds.append(time.perf_counter() - t0)
+            np.save(tmp / f"{case_id}.npy", quantize(np.moveaxis(probs, 1, 0)))
+            index["cases"][case_id] = {
+                "split": subset, "cohort": str(case["cohort"]), "z_start": int(case["z_start"]),
+                "shape": [int(case["nx"]), int(case["ny"]), int(case["nz"])],
+                "spacing": [float(case["spacing_x"]), float(case["spacing_y"]), float(case["spacing_z"])],
+            }
+        write_index(tmp, index)
+    _write_seconds(seconds_path, seconds)
+    log.info("%s: probabilities of %d validation and %d test patients -> %s (%.2f s/volume)", name,
+             sum(s == "val" for _, s in jobs), sum(s == "test" for _, s in jobs), out_dir, float(np.median(seconds)))
+    return index
+
+
+def main(model: str, params_path: str | Path = "params.yaml") -> dict:
+    """Stage entry point for ``infer@<model>``."""
+    from tumorseg import paths
+    from tumorseg.config import from_mapping, read_params
+    from tumorseg.logs import setup_logging
+
+    setup_logging()
+    params = read_params(params_path)
+    settings = from_mapping(InferSettings, params.get("infer"), "infer")
+    return infer_model(model, paths.MODELS_DIR / model, paths.PREPROCESSED_DIR, paths.SPLIT, paths.INFERENCE_DIR / model,
+                       paths.INFERENCE_DIR / f"{model}.seconds.json",
+                       from_mapping(RuntimeSettings, params.get("train"), "train", subset=True), settings.tta)

@@ -1,0 +1,206 @@
+"""Post-processing of predicted label maps, its rules fitted on the validation patients only.
+
+What BraTS winners do after the network, as explicit, fitted rules:
+
+* per region, predicted connected components (26-connected) smaller than a volume are dropped: a
+  WT component becomes background, a TC component edema (it stays tumour), an ET component
+  necrotic core (it stays core);
+* a patient whose whole predicted ET is smaller than a volume gets it relabelled as necrotic core
+  (patients without enhancing tumour are common, and one false ET voxel there scores ET Dice 0).
+
+``postprocess@<model>`` fits the thresholds on the validation patients (greedily, WT then TC then
+ET, each step keeping the candidate with the best mean lesion-wise Dice of its region among those
+that do not lower the region's mean legacy Dice; ties go to the smaller threshold) and writes them,
+with the validation figures behind each choice, to ``models/<model>/postprocess.json``; evaluate,
+``tumorseg predict`` and the app apply them. The test patients play no part.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from tumorseg.config import Checked, SettingError, in_range
+from tumorseg.data.labels import REGION_NAMES, region_mask
+from tumorseg.evaluation.metrics import dice, lesion_wise
+
+log = logging.getLogger(__name__)
+
+POSTPROCESS_FILE = "postprocess.json"
+# What a dropped component of each region becomes: the next region out (BraTS labels 0 / 2 / 1).
+DROPPED_LABEL = {"WT": 0, "TC": 2, "ET": 1}
+NETC_LABEL = 1
+_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class PostprocessSettings(Checked):
+    """The ``postprocess`` block of params.yaml: on/off and the candidate thresholds tried on validation."""
+
+    enabled: bool = True
+    component_mm3: tuple[float, ...] = field(default=(0, 10, 25, 50, 100, 200, 400), metadata=in_range(0))
+    et_volume_mm3: tuple[float, ...] = field(default=(0, 10, 25, 50, 100, 200, 400), metadata=in_range(0))
+
+    def check(self) -> None:
+        for key in ("component_mm3", "et_volume_mm3"):
+            values = getattr(self, key)
+            if not values or 0 not in values:
+                raise SettingError(key, f"= {list(values)}; must include 0 (no post-processing) among the candidates")
+
+
+@dataclass(frozen=True)
+class PostprocessRules:
+    """Fitted thresholds; the all-zero rules change nothing."""
+
+    min_component_mm3: dict[str, float] = field(default_factory=lambda: {r: 0.0 for r in REGION_NAMES})
+    min_et_volume_mm3: float = 0.0
+
+    def apply(self, labels: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
+        """The post-processed copy of a (X, Y, Z) BraTS label map."""
+        out = labels.copy()
+        for region in REGION_NAMES:
+            out = drop_small_components(out, region, self.min_component_mm3.get(region, 0.0), spacing)
+        return relabel_small_et(out, self.min_et_volume_mm3, spacing)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.min_et_volume_mm3 == 0 and not any(self.min_component_mm3.values())
+
+
+def drop_small_components(labels: np.ndarray, region: str, min_mm3: float, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """Components of ``region`` under ``min_mm3`` become the next region out (see DROPPED_LABEL)."""
+    if min_mm3 <= 0:
+        return labels
+    mask = region_mask(labels, region)
+    components, n = ndimage.label(mask, structure=_CONNECTIVITY_26)
+    if n == 0:
+        return labels
+    sizes_mm3 = np.bincount(components.ravel())[1:] * float(np.prod(spacing))
+    small = np.flatnonzero(sizes_mm3 < min_mm3) + 1
+    if len(small) == 0:
+        return labels
+    out = labels.copy()
+    out[np.isin(components, small)] = DROPPED_LABEL[region]
+    return out
+
+
+def relabel_small_et(labels: np.ndarray, min_mm3: float, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """All ET becomes necrotic core when the patient's ET volume is under ``min_mm3``."""
+    et = region_mask(labels, "ET")
+    if min_mm3 <= 0 or not et.any() or et.sum() * float(np.prod(spacing)) >= min_mm3:
+        return labels
+    out = labels.copy()
+    out[et] = NETC_LABEL
+    return out
+
+
+def _scores(cases, rules: PostprocessRules, region: str) -> tuple[float, float]:
+    """Mean lesion-wise and mean legacy Dice of ``region`` over (pred, truth, spacing) cases."""
+    lesion, legacy = [], []
+    for pred, truth, spacing in cases:
+        p, t = region_mask(rules.apply(pred, spacing), region), region_mask(truth, region)
+        lesion.append(lesion_wise(p, t, spacing).dice)
+        legacy.append(dice(p, t))
+    return float(np.mean(lesion)), float(np.mean(legacy))
+
+
+def fit_rules(cases: list[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]],
+              settings: PostprocessSettings) -> tuple[PostprocessRules, list[dict]]:
+    """Thresholds chosen on ``cases`` (the validation patients' predicted and true label maps), and
+    the figures behind every choice: one record per step with each candidate's mean Dice."""
+    rules = PostprocessRules()
+    steps: list[dict] = []
+    if not settings.enabled:
+        return rules, steps
+    plan = [(r, "component", sorted(settings.component_mm3)) for r in REGION_NAMES] + [("ET", "volume", sorted(settings.et_volume_mm3))]
+    for region, kind, candidates in plan:
+        tried = []
+        for threshold in candidates:
+            trial = _with(rules, region, kind, float(threshold))
+            lesion, legacy = _scores(cases, trial, region)
+            tried.append({"mm3": float(threshold), "lesion_dice": round(lesion, 6), "legacy_dice": round(legacy, 6)})
+        baseline = tried[0]  # threshold 0: this step changes nothing
+        allowed = [t for t in tried if t["legacy_dice"] >= baseline["legacy_dice"] - 1e-9]
+        best = max(allowed, key=lambda t: (t["lesion_dice"], -t["mm3"]))
+        rules = _with(rules, region, kind, best["mm3"])
+        steps.append({"region": region, "rule": "min_component_mm3" if kind == "component" else "min_et_volume_mm3",
+                      "chosen_mm3": best["mm3"], "candidates": tried})
+    return rules, steps
+
+
+def _with(rules: PostprocessRules, region: str, kind: str, threshold: float) -> PostprocessRules:
+    if kind == "component":
+        return PostprocessRules({**rules.min_component_mm3, region: threshold}, rules.min_et_volume_mm3)
+    return PostprocessRules(dict(rules.min_component_mm3), threshold)
+
+
+def write_rules(path: Path, rules: PostprocessRules, enabled: bool, steps: list[dict], validation: dict) -> None:
+    from tumorseg.fileio import atomic_file
+
+    doc = {"enabled": enabled, "rules": asdict(rules), "fitted_on": "validation patients", "steps": steps,
+           "validation": validation}
+    with atomic_file(Path(path)) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def read_rules(path: Path) -> PostprocessRules:
+    """The rules in a postprocess.json; identity rules when post-processing was turned off there."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no fitted post-processing; run `dvc repro postprocess@<model>` "
+                                f"(or pass --no-postprocess)")
+    doc = json.loads(path.read_text())
+    try:
+        if not doc["enabled"]:
+            return PostprocessRules()
+        rules = doc["rules"]
+        return PostprocessRules({r: float(v) for r, v in rules["min_component_mm3"].items()}, float(rules["min_et_volume_mm3"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a tumorseg post-processing file ({type(exc).__name__}: {exc}); rerun "
+                         f"`dvc repro postprocess@<model>`") from None
+
+
+def fit_postprocess(name: str, predictions_dir: Path, split_path: Path, manifest_path: Path, raw_dir: Path, out_path: Path,
+                    settings: PostprocessSettings) -> dict:
+    """Fit the rules on the validation patients and record the validation figures with and without them
+    (the figures the report chooses the champion by, computed as evaluate computes the test ones)."""
+    from tumorseg.data.split import read_split
+    from tumorseg.evaluation.metrics import summarise
+    from tumorseg.evaluation.predictions import Predictions, patients
+    from tumorseg.evaluation.scoring import Truths, score_patients
+
+    preds = Predictions(predictions_dir)
+    cases = patients(read_split(split_path), "val")
+    missing = sorted(set(cases) - set(preds.cases("val")))
+    if missing:
+        raise ValueError(f"{predictions_dir}: no predictions for validation patients {missing}; rerun `dvc repro infer@{name}`")
+    truths = Truths(raw_dir, manifest_path)
+    val = [(preds.labels(c), truths(c), preds.spacing(c)) for c in cases]
+    rules, steps = fit_rules(val, settings)
+    scored = score_patients(preds, cases, truths, {"raw": None, "post": rules.apply})
+    validation = {"n_patients": len(cases), "postprocessed": summarise(*scored["post"]), "raw": summarise(*scored["raw"])}
+    write_rules(out_path, rules, settings.enabled, steps, validation)
+    post, raw = validation["postprocessed"], validation["raw"]
+    log.info("%s post-processing fitted on %d validation patients: components >= %s mm3, ET volume >= %g mm3; lesion-wise "
+             "Dice WT %.3f -> %.3f, TC %.3f -> %.3f, ET %.3f -> %.3f", name, len(cases), rules.min_component_mm3,
+             rules.min_et_volume_mm3, raw["lesion_dice_WT"], post["lesion_dice_WT"], raw["lesion_dice_TC"],
+             post["lesion_dice_TC"], raw["lesion_dice_ET"], post["lesion_dice_ET"])
+    return {"rules": rules, "validation": validation}
+
+
+def main(model: str, params_path: str | Path = "params.yaml") -> dict:
+    """Stage entry point for ``postprocess@<model>`` (``model`` may be ``ensemble``)."""
+    from tumorseg import paths
+    from tumorseg.config import from_mapping, read_params
+    from tumorseg.logs import setup_logging
+
+    setup_logging()
+    params = read_params(params_path)
+    return fit_postprocess(model, paths.INFERENCE_DIR / model, paths.SPLIT, paths.MANIFEST, paths.RAW_DIR,
+                           paths.MODELS_DIR / model / POSTPROCESS_FILE,
+                           from_mapping(PostprocessSettings, params.get("postprocess"), "postprocess"))

@@ -1,0 +1,110 @@
+"""Post-processing rules and their fitting on validation cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tumorseg.config import SettingError
+from tumorseg.evaluation.postprocess import (
+    PostprocessRules,
+    PostprocessSettings,
+    drop_small_components,
+    fit_rules,
+    read_rules,
+    relabel_small_et,
+    write_rules,
+)
+
+SHAPE = (30, 24, 20)
+
+
+def _tumour() -> np.ndarray:
+    labels = np.zeros(SHAPE, dtype=np.uint8)
+    labels[4:12, 4:12, 4:12] = 2  # edema, 512 voxels
+    labels[6:10, 6:10, 6:10] = 1  # core
+    labels[7:9, 7:9, 7:9] = 3  # enhancing
+    return labels
+
+
+def test_dropped_components_become_the_next_region_out():
+    labels = _tumour()
+    labels[20:22, 18:20, 15:17] = 2  # an 8-voxel WT speck
+    labels[25, 2, 2] = 3  # a one-voxel ET speck (also TC and WT)
+    out = drop_small_components(labels, "WT", 10)
+    assert out[20:22, 18:20, 15:17].max() == 0 and out[25, 2, 2] == 0
+    assert np.array_equal(out[:12, :12, :12], labels[:12, :12, :12]), "the tumour itself is kept"
+    # TC speck -> edema, ET speck -> necrotic core: tumour stays tumour
+    assert drop_small_components(labels, "TC", 2)[25, 2, 2] == 2
+    assert drop_small_components(labels, "ET", 2)[25, 2, 2] == 1
+    # the threshold is in mm3: at 2 mm x 1 x 1 the 8-voxel speck is 16 mm3 and survives 10
+    assert drop_small_components(labels, "WT", 10, spacing=(2.0, 1.0, 1.0))[20, 18, 15] == 2
+    assert drop_small_components(labels, "WT", 0) is labels
+
+
+def test_small_total_et_becomes_necrotic_core():
+    labels = _tumour()  # 8 ET voxels
+    out = relabel_small_et(labels, 9)
+    assert (out == 3).sum() == 0 and (out == 1).sum() == (labels == 1).sum() + 8
+    assert np.array_equal(relabel_small_et(labels, 8), labels)  # not under the threshold
+
+
+def test_rules_apply_in_order_and_identity():
+    labels = _tumour()
+    labels[25, 2, 2] = 3
+    rules = PostprocessRules({"WT": 5.0, "TC": 0.0, "ET": 0.0}, 0.0)
+    assert rules.apply(labels)[25, 2, 2] == 0 and not rules.is_identity
+    assert PostprocessRules().is_identity and np.array_equal(PostprocessRules().apply(labels), labels)
+
+
+def _val_cases():
+    """Three patients whose predictions are the truth plus small false blobs; one has no ET and a false ET speck."""
+    cases = []
+    for i in range(3):
+        truth = _tumour()
+        pred = truth.copy()
+        pred[20 + i:22 + i, 16:18, 14:16] = 2  # an 8-voxel false WT blob
+        if i == 2:
+            truth[truth == 3] = 1  # this patient has no enhancing tumour...
+            pred[pred == 3] = 1
+            pred[7:9, 7:8, 7:8] = 3  # ...but the model predicts 2 voxels of it
+        cases.append((pred, truth, (1.0, 1.0, 1.0)))
+    return cases
+
+
+def test_fit_picks_thresholds_that_remove_false_lesions_on_validation():
+    cases = _val_cases()
+    settings = PostprocessSettings(component_mm3=(0, 10, 1000), et_volume_mm3=(0, 4, 20))
+    rules, steps = fit_rules(cases, settings)
+    # 10 mm3 removes the 8-voxel blobs; 1000 would also remove the tumour and lower the legacy Dice
+    assert rules.min_component_mm3["WT"] == 10
+    wt = steps[0]
+    assert wt["region"] == "WT" and [c["mm3"] for c in wt["candidates"]] == [0, 10, 1000]
+    assert wt["candidates"][1]["lesion_dice"] == pytest.approx(1.0)
+    assert wt["candidates"][0]["lesion_dice"] == pytest.approx(0.5)  # one lesion + one false blob per patient
+    # ET components of 10 mm3 would also drop the true 8-voxel ET of patients 0 and 1 (legacy Dice falls): kept at 0;
+    # a patient ET volume of 4 mm3 relabels only patient 2's false 2 voxels, 20 would take the true ones too
+    assert rules.min_component_mm3["ET"] == 0 and rules.min_et_volume_mm3 == 4
+    assert [s["rule"] for s in steps] == ["min_component_mm3"] * 3 + ["min_et_volume_mm3"]
+    fitted = [rules.apply(p, s) for p, _, s in cases]
+    assert all(np.array_equal(f, t) for f, (_, t, _) in zip(fitted, cases))
+
+
+def test_disabled_or_bad_settings():
+    rules, steps = fit_rules(_val_cases(), PostprocessSettings(enabled=False))
+    assert rules.is_identity and steps == []
+    with pytest.raises(SettingError, match="must include 0"):
+        PostprocessSettings(component_mm3=(10, 20))
+
+
+def test_rules_file_round_trip_and_errors(tmp_path):
+    rules = PostprocessRules({"WT": 10.0, "TC": 0.0, "ET": 25.0}, 50.0)
+    write_rules(tmp_path / "postprocess.json", rules, True, [], {})
+    assert read_rules(tmp_path / "postprocess.json") == rules
+    write_rules(tmp_path / "off.json", rules, False, [], {})
+    assert read_rules(tmp_path / "off.json").is_identity
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="bad.json: not a tumorseg post-processing file"):
+        read_rules(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError, match="dvc repro postprocess@"):
+        read_rules(tmp_path / "missing.json")
