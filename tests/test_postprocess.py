@@ -108,3 +108,23 @@ def test_rules_file_round_trip_and_errors(tmp_path):
         read_rules(tmp_path / "bad.json")
     with pytest.raises(FileNotFoundError, match="dvc repro postprocess@"):
         read_rules(tmp_path / "missing.json")
+
+
+def test_a_threshold_that_costs_any_validation_patient_legacy_dice_is_refused():
+    """Patient A has a small true lesion (64 mm3), patient B two false blobs (40 mm3 each). 100 mm3 would remove all
+    three: better mean lesion-wise and legacy Dice, but A loses its lesion. 50 mm3 removes only the blobs."""
+    shape = (40, 30, 30)
+    main = np.zeros(shape, dtype=np.uint8)
+    main[4:12, 4:12, 4:12] = 2
+    truth_a = main.copy()
+    truth_a[25:29, 20:24, 20:24] = 2
+    pred_b = main.copy()
+    pred_b[25:27, 20:24, 20:25] = 2
+    pred_b[32:34, 4:8, 4:9] = 2
+    cases = [(truth_a.copy(), truth_a, (1.0, 1.0, 1.0)), (pred_b, main, (1.0, 1.0, 1.0))]
+    rules, steps = fit_rules(cases, PostprocessSettings(component_mm3=(0, 50, 100), et_volume_mm3=(0,)))
+    wt = steps[0]["candidates"]
+    assert [c["lesion_dice"] for c in wt] == pytest.approx([(1 + 1 / 3) / 2, 1.0, (0.5 + 1) / 2])
+    assert wt[2]["patients_worse"] == 1 and wt[1]["patients_worse"] == 0
+    assert wt[2]["legacy_dice"] > wt[0]["legacy_dice"]  # on the means, 100 looks better than nothing...
+    assert rules.min_component_mm3["WT"] == 50  # ...but it costs patient A, so 50 is chosen

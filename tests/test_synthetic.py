@@ -118,3 +118,34 @@ def test_full_brats_grid():
     v = _case(shape=(240, 240, 155))
     assert all(a.shape == (240, 240, 155) for a in v.values())
     assert (v["seg"] > 0).sum() > 1000
+
+
+def test_tumour_mimics_are_background_and_look_like_tumour():
+    """Plaques (edema-like on FLAIR, no core) and vessels (bright on T1c) are drawn in, and labelled 0."""
+    import tumorseg.data.synthetic as syn
+
+    tissues = {}
+    original = syn._add_mimics
+
+    def spy(mrng, grid, shape, centre, radii, depth, brain, tissue):
+        original(mrng, grid, shape, centre, radii, depth, brain, tissue)
+        tissues["last"] = tissue.copy()
+
+    settings = SyntheticSettings(shape=(96, 96, 48), seed=3)
+    found = {"plaque": 0, "vessel": 0}
+    try:
+        syn._add_mimics = spy
+        for number in range(2, 12):
+            volumes, _ = syn.generate_case(number, "glioma", settings)
+            tissue, seg, flair, t1c = tissues["last"], volumes["seg"], volumes["t2f"].astype(float), volumes["t1c"].astype(float)
+            plaque, vessel = (tissue == syn.PLAQUE) & (seg == 0), (tissue == syn.VESSEL) & (seg == 0)
+            brain = flair > 0
+            if plaque.sum() > 20:
+                found["plaque"] += 1
+                assert np.median(flair[plaque]) > 1.3 * np.median(flair[brain & (seg == 0)])  # FLAIR-bright
+            if vessel.sum() > 15:
+                found["vessel"] += 1
+                assert np.median(t1c[vessel]) > 1.15 * np.median(t1c[brain & (seg == 0)])  # bright on T1c
+    finally:
+        syn._add_mimics = original
+    assert found["plaque"] >= 3 and found["vessel"] >= 3

@@ -11,7 +11,8 @@ import torch
 
 from tumorseg.training import checkpoint
 from tumorseg.models.io import load_model
-from tumorseg.training.data import SliceBank, epoch_indices, random_patches
+from tumorseg.config import SettingError
+from tumorseg.training.data import MIMIC, TUMOUR, SliceBank, epoch_indices, find_mimics, random_patches
 from tumorseg.training.loop import HISTORY_COLUMNS, NonFiniteLossError, lr_at, train_model
 from tumorseg.training.settings import ModelSettings, TrainSettings
 
@@ -50,10 +51,52 @@ def test_random_patches_cut_aligned_windows_and_centre_on_tumour():
 def test_epoch_indices_force_the_foreground_share():
     has_tumour = torch.tensor([False] * 90 + [True] * 10)
     bank = SliceBank(torch.zeros(100, 4, 2, 2), torch.zeros(100, 2, 2, dtype=torch.uint8), has_tumour, pd.DataFrame())
-    idx, forced = epoch_indices(bank, 300, 0.5, torch.Generator().manual_seed(0))
-    assert len(idx) == 300 and int(forced.sum()) == 150
+    idx, kinds = epoch_indices(bank, 300, 0.5, torch.Generator().manual_seed(0))
+    forced = kinds == TUMOUR
+    assert len(idx) == 300 and int(forced.sum()) == 150 and not (kinds == MIMIC).any()
     assert has_tumour[idx[forced]].all()
     assert 0.5 < float(has_tumour[idx].float().mean()) < 0.65  # 50% forced + ~10% of the uniform half
+
+
+def test_without_mimics_the_sampling_draws_what_it_drew_before_the_option():
+    """The weights of a default training must not move because hard-negative sampling exists."""
+    has_tumour = torch.tensor([False] * 90 + [True] * 10)
+    bank = SliceBank(torch.zeros(100, 4, 2, 2), torch.zeros(100, 2, 2, dtype=torch.uint8), has_tumour, pd.DataFrame())
+    g = torch.Generator().manual_seed(3)  # the algorithm as it was: uniform, forced, shuffle
+    tumour = torch.nonzero(has_tumour).flatten()
+    uniform = torch.randint(100, (150,), generator=g)
+    forced = tumour[torch.randint(len(tumour), (150,), generator=g)]
+    order = torch.randperm(300, generator=g)
+    idx, kinds = epoch_indices(bank, 300, 0.5, torch.Generator().manual_seed(3), mimic_fraction=0.0)
+    assert torch.equal(idx, torch.cat([uniform, forced])[order])
+    assert torch.equal(kinds == TUMOUR, torch.cat([torch.zeros(150, dtype=torch.bool), torch.ones(150, dtype=torch.bool)])[order])
+
+
+def _bank_with_a_mimic():
+    """Slices 0-9: tumour (edema 0.8, ET rim bright on T1c); slices 10-14: a FLAIR-bright blob, no tumour; 15-19: plain."""
+    images = torch.zeros(20, 4, 32, 32)
+    images[:, :, 4:28, 4:28] = 0.4  # brain
+    labels = torch.zeros(20, 32, 32, dtype=torch.uint8)
+    images[:10, 3, 8:14, 8:14] = 0.8
+    images[:10, 1, 10:12, 10:12] = 0.9
+    labels[:10, 8:14, 8:14] = 2
+    labels[:10, 10:12, 10:12] = 3
+    images[10:15, 3, 20:24, 20:24] = 0.85  # the mimic: FLAIR like edema, label 0
+    return SliceBank(images.half(), labels, labels.flatten(1).any(1), pd.DataFrame())
+
+
+def test_mimic_slices_are_found_and_sampled_with_patches_centred_on_them():
+    bank = find_mimics(_bank_with_a_mimic())
+    assert bank.has_mimic.tolist() == [False] * 10 + [True] * 5 + [False] * 5
+    idx, kinds = epoch_indices(bank, 400, 0.25, torch.Generator().manual_seed(0), mimic_fraction=0.25)
+    assert int((kinds == MIMIC).sum()) == 100 and bank.has_mimic[idx[kinds == MIMIC]].all()
+    x = bank.images[idx[:64]].float()
+    y = torch.stack([bank.labels[idx[:64]] > 0] * 3, 1).float()
+    xp, _ = random_patches(x, y, 8, kinds[:64], torch.Generator().manual_seed(1), bank.mimic_thresholds)
+    for i in torch.nonzero(kinds[:64] == MIMIC).flatten().tolist():
+        assert (xp[i, 3] >= 0.8).any(), "a hard-negative patch shows its mimic"
+    with pytest.raises(SettingError, match="foreground_fraction \\+ mimic_fraction"):
+        TrainSettings(foreground_fraction=0.7, mimic_fraction=0.4)
 
 
 def test_lr_schedule():

@@ -63,17 +63,47 @@ def train(model: str = ModelArgument, params: Path = ParamsOption) -> None:
 
 
 @app.command()
-def evaluate(model: str = ModelArgument, params: Path = ParamsOption) -> None:
-    """Score a trained model on every test patient in 3D (Dice, HD95, sensitivity, specificity per region) -> metrics/<model>.json and evaluation/<model>/."""
+def infer(model: str = ModelArgument, params: Path = ParamsOption) -> None:
+    """Predict the validation and test patients with a trained model (params: infer, the train block's device keys) -> inference/<model>/ (region probabilities read by postprocess, evaluate and the ensemble)."""
+    from tumorseg.evaluation.infer import main
+
+    index = main(model, params)
+    typer.echo(f"{model}: {len(index['cases'])} patients -> {paths.INFERENCE_DIR / model}")
+
+
+@app.command()
+def ensemble(params: Path = ParamsOption) -> None:
+    """Average the three models' probabilities -> inference/ensemble/ (post-processed and evaluated like a model)."""
+    from tumorseg.evaluation.ensemble import main
+
+    index = main(params)
+    typer.echo(f"ensemble of {', '.join(index['members'])}: {len(index['cases'])} patients -> {paths.INFERENCE_DIR / 'ensemble'}")
+
+
+EnsembleArgument = typer.Argument(..., help="unet | resnet_unet | transunet | ensemble")
+
+
+@app.command()
+def postprocess(model: str = EnsembleArgument, params: Path = ParamsOption) -> None:
+    """Fit the post-processing thresholds on the validation patients (params: postprocess) -> models/<model>/postprocess.json."""
+    from tumorseg.evaluation.postprocess import main
+
+    result = main(model, params)
+    typer.echo(f"{model}: {result['rules']}")
+
+
+@app.command()
+def evaluate(model: str = EnsembleArgument, params: Path = ParamsOption) -> None:
+    """Score every test patient in 3D, with and without the fitted post-processing (legacy and BraTS 2023 lesion-wise Dice and HD95 per region) -> metrics/<model>.json and evaluation/<model>/."""
     from tumorseg.evaluation.evaluate import main
 
     metrics = main(model, params)
-    typer.echo(" ".join(f"{k}={v}" for k, v in metrics.items()))
+    typer.echo(" ".join(f"{k}={v}" for k, v in metrics.items() if not isinstance(v, dict)))
 
 
 @app.command()
 def report(params: Path = ParamsOption) -> None:
-    """Compare the trained models side by side -> reports/ (table, training curves, qualitative figure); the best gets the MLflow alias 'champion'."""
+    """Compare the trained models and the ensemble side by side -> reports/ (table, training curves, qualitative figure); the best by validation gets the MLflow alias 'champion'."""
     from tumorseg.evaluation.report import main
 
     main(params)

@@ -12,6 +12,8 @@ from the same ingredients a model has to learn from in real MRI:
 * contrast: each tissue has a sequence-specific brightness as in real MRI (edema bright on
   FLAIR and T2, the rim bright on T1c, CSF bright on T2 and dark on FLAIR), plus FLAIR-bright
   non-tumour white-matter lesions, so no single threshold on one sequence segments the tumour;
+* tumour mimics labelled background: edema-like plaques with no core and thin vessels bright on
+  T1c, the false positives a model must learn to leave out (as in real brains);
 * acquisition: partial-volume blur, Rician noise, a smooth multiplicative bias field per
   sequence, and a per-patient, per-sequence intensity scale, stored as int16 like scanner data.
 
@@ -50,15 +52,17 @@ class SyntheticSettings(Checked):
 
 
 # Tissue classes used while composing a brain.
-BG, CSF, GM, WM, WML, EDEMA, NECROSIS, ENHANCING = range(8)
+BG, CSF, GM, WM, WML, EDEMA, NECROSIS, ENHANCING, PLAQUE, VESSEL = range(10)
 
-# Relative brightness per sequence and tissue (bg, CSF, GM, WM, WM lesion, edema, necrosis, ET).
+# Relative brightness per sequence and tissue (bg, CSF, GM, WM, WM lesion, edema, necrosis, ET, plaque, vessel).
 # Ordered as in real MRI: T1 WM>GM>CSF; T2 CSF>GM>WM; FLAIR suppresses CSF; T1c lights up ET.
+# Two tumour mimics that are not tumour (label 0): plaques (demyelination / gliosis: FLAIR- and T2-bright like
+# edema, a little less dark on T1, never around a core) and vessels (bright on T1c like enhancing tumour, thin).
 TISSUE_MEANS: dict[str, tuple[float, ...]] = {
-    "t1n": (0.0, 0.22, 0.56, 0.76, 0.62, 0.46, 0.30, 0.52),
-    "t1c": (0.0, 0.22, 0.58, 0.74, 0.62, 0.46, 0.28, 1.00),
-    "t2w": (0.0, 1.00, 0.62, 0.42, 0.78, 0.80, 0.92, 0.64),
-    "t2f": (0.0, 0.12, 0.58, 0.46, 0.80, 0.86, 0.52, 0.76),
+    "t1n": (0.0, 0.22, 0.56, 0.76, 0.62, 0.46, 0.30, 0.52, 0.54, 0.50),
+    "t1c": (0.0, 0.22, 0.58, 0.74, 0.62, 0.46, 0.28, 1.00, 0.56, 1.10),
+    "t2w": (0.0, 1.00, 0.62, 0.42, 0.78, 0.80, 0.92, 0.64, 0.80, 0.55),
+    "t2f": (0.0, 0.12, 0.58, 0.46, 0.80, 0.86, 0.52, 0.76, 0.84, 0.50),
 }
 
 
@@ -127,6 +131,7 @@ def generate_case(number: int, cohort: str, settings: SyntheticSettings) -> tupl
         rad = rng.uniform(1.5, 4.0, 3) * size.min() / 128
         blob = (_ellipsoid_distance(grid, c, rad) < 1) & (tissue == WM)
         tissue[blob] = WML
+    _add_mimics(np.random.default_rng([settings.seed, number, 1]), grid, shape, centre, radii, depth, brain, tissue)
 
     # --- tumours -------------------------------------------------------------------------
     seg = np.zeros(shape, dtype=np.uint8)
@@ -165,6 +170,31 @@ def generate_case(number: int, cohort: str, settings: SyntheticSettings) -> tupl
     )  # 1 mm isotropic, LPS-flipped like the SRI24 grid BraTS uses
     return volumes, affine
 
+
+
+def _add_mimics(mrng, grid, shape, centre, radii, depth, brain, tissue) -> None:
+    """Tumour mimics, labelled background: 0-3 plaques (irregular, 3-7 voxels across at 128, edema-like on FLAIR
+    and T2 but with no core) and 0-3 vessels (thin tubes bright on T1c, like enhancing tumour rims). ``mrng`` is
+    their own random stream (seed, case, 1), so they change no other part of a patient."""
+    scale = float(min(shape[:2])) / 128
+    for _ in range(mrng.integers(0, 4)):
+        inside = np.argwhere(depth[::4, ::4, ::4] > 0.2) * 4
+        c = inside[mrng.integers(len(inside))].astype(np.float32)
+        rad = mrng.uniform(3.0, 7.0, 3) * scale
+        box = tuple(slice(max(0, int(ci - 2 * r)), min(s, int(ci + 2 * r) + 1)) for ci, r, s in zip(c, rad, shape))
+        rough = np.zeros(shape, dtype=np.float32)
+        rough[box] = smooth_noise(mrng, tuple(b.stop - b.start for b in box), max(2.0, float(rad.mean()) / 1.5))
+        tissue[(_ellipsoid_distance(grid, c, rad) + 0.25 * rough < 1) & brain & (tissue != CSF)] = PLAQUE
+    for _ in range(mrng.integers(0, 4)):
+        start = centre + mrng.uniform(-0.7, 0.7, 3) * radii
+        direction = mrng.normal(size=3)
+        direction /= np.linalg.norm(direction) + 1e-6
+        length, width = mrng.uniform(10, 24) * scale, mrng.uniform(1.2, 2.0) * scale
+        # distance of every voxel to the segment start + t * direction, t in [0, length]
+        rel = [g - s for g, s in zip(grid, start)]
+        t = np.clip(sum(r * d for r, d in zip(rel, direction)), 0, length)
+        dist = np.sqrt(sum((r - t * d) ** 2 for r, d in zip(rel, direction)))
+        tissue[(dist < width) & brain] = VESSEL
 
 
 def _add_lesion(rng, kind, grid, shape, centre, radii, depth, brain, seg, edema_w):

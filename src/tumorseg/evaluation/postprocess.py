@@ -10,7 +10,8 @@ What BraTS winners do after the network, as explicit, fitted rules:
 
 ``postprocess@<model>`` fits the thresholds on the validation patients (greedily, WT then TC then
 ET, each step keeping the candidate with the best mean lesion-wise Dice of its region among those
-that do not lower the region's mean legacy Dice; ties go to the smaller threshold) and writes them,
+under which no validation patient's legacy Dice of that region falls; ties go to the smaller
+threshold) and writes them,
 with the validation figures behind each choice, to ``models/<model>/postprocess.json``; evaluate,
 ``tumorseg predict`` and the app apply them. The test patients play no part.
 """
@@ -99,14 +100,14 @@ def relabel_small_et(labels: np.ndarray, min_mm3: float, spacing=(1.0, 1.0, 1.0)
     return out
 
 
-def _scores(cases, rules: PostprocessRules, region: str) -> tuple[float, float]:
-    """Mean lesion-wise and mean legacy Dice of ``region`` over (pred, truth, spacing) cases."""
+def _scores(cases, rules: PostprocessRules, region: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-patient lesion-wise and legacy Dice of ``region`` over (pred, truth, spacing) cases."""
     lesion, legacy = [], []
     for pred, truth, spacing in cases:
         p, t = region_mask(rules.apply(pred, spacing), region), region_mask(truth, region)
         lesion.append(lesion_wise(p, t, spacing).dice)
         legacy.append(dice(p, t))
-    return float(np.mean(lesion)), float(np.mean(legacy))
+    return np.array(lesion), np.array(legacy)
 
 
 def fit_rules(cases: list[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]],
@@ -119,13 +120,17 @@ def fit_rules(cases: list[tuple[np.ndarray, np.ndarray, tuple[float, float, floa
         return rules, steps
     plan = [(r, "component", sorted(settings.component_mm3)) for r in REGION_NAMES] + [("ET", "volume", sorted(settings.et_volume_mm3))]
     for region, kind, candidates in plan:
-        tried = []
-        for threshold in candidates:
+        tried, base_legacy = [], None
+        for threshold in candidates:  # ascending: the first, 0, changes nothing and is the baseline
             trial = _with(rules, region, kind, float(threshold))
             lesion, legacy = _scores(cases, trial, region)
-            tried.append({"mm3": float(threshold), "lesion_dice": round(lesion, 6), "legacy_dice": round(legacy, 6)})
-        baseline = tried[0]  # threshold 0: this step changes nothing
-        allowed = [t for t in tried if t["legacy_dice"] >= baseline["legacy_dice"] - 1e-9]
+            base_legacy = legacy if base_legacy is None else base_legacy
+            worse = int((legacy < base_legacy - 1e-9).sum())
+            tried.append({"mm3": float(threshold), "lesion_dice": round(float(lesion.mean()), 6),
+                          "legacy_dice": round(float(legacy.mean()), 6), "patients_worse": worse})
+        # Non-inferiority per patient, not on the mean: on a handful of validation patients a mean can trade one
+        # patient's lost lesion for another's removed false positive, and such a threshold does not carry over.
+        allowed = [t for t in tried if t["patients_worse"] == 0]
         best = max(allowed, key=lambda t: (t["lesion_dice"], -t["mm3"]))
         rules = _with(rules, region, kind, best["mm3"])
         steps.append({"region": region, "rule": "min_component_mm3" if kind == "component" else "min_et_volume_mm3",

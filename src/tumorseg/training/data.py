@@ -18,18 +18,25 @@ import torch
 from tumorseg.data.slices import SliceStore
 
 
+FLAIR, T1C = 3, 1  # channels of t2f and t1c in the stacked input (SEQUENCES order)
+UNIFORM, TUMOUR, MIMIC = 0, 1, 2  # how a sample was drawn (and where its patch is centred)
+
+
 @dataclass
 class SliceBank:
     images: torch.Tensor  # (N, 4, H, W) float16
     labels: torch.Tensor  # (N, H, W) uint8
     has_tumour: torch.Tensor  # (N,) bool
     index: pd.DataFrame  # the slice index rows, in bank order
+    has_mimic: torch.Tensor | None = None  # (N,) bool: tumour-bright voxels outside the tumour (see find_mimics)
+    mimic_thresholds: tuple[float, float] = (float("inf"), float("inf"))  # FLAIR, T1c levels of "tumour-bright"
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def to(self, device: torch.device) -> "SliceBank":
-        return SliceBank(self.images.to(device), self.labels.to(device), self.has_tumour.to(device), self.index)
+        return SliceBank(self.images.to(device), self.labels.to(device), self.has_tumour.to(device), self.index,
+                         None if self.has_mimic is None else self.has_mimic.to(device), self.mimic_thresholds)
 
 
 def load_bank(store_dir: Path, slices: pd.DataFrame) -> SliceBank:
@@ -49,36 +56,70 @@ def load_bank(store_dir: Path, slices: pd.DataFrame) -> SliceBank:
     )
 
 
-def epoch_indices(bank: SliceBank, n: int, foreground_fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` sample indices, a ``foreground_fraction`` share forced onto tumour slices and the rest
-    uniform, shuffled; and which samples were forced (their patches are centred on tumour)."""
+def mimic_voxels(images: torch.Tensor, tumour: torch.Tensor, thresholds: tuple[float, float]) -> torch.Tensor:
+    """(N, H, W) voxels that look like tumour but are not: brain, outside the tumour, and at least as bright
+    as typical edema on FLAIR or typical enhancing tumour on T1c (the false positives' usual cause)."""
+    flair_min, t1c_min = thresholds
+    brain = (images != 0).any(dim=1)
+    bright = (images[:, FLAIR] >= flair_min) | (images[:, T1C] >= t1c_min)
+    return bright & brain & ~tumour
+
+
+def find_mimics(bank: SliceBank, min_voxels: int = 4, chunk: int = 256) -> SliceBank:
+    """The bank with ``has_mimic`` set: slices holding at least ``min_voxels`` tumour-bright voxels outside the
+    tumour. "Tumour-bright" is the 25th percentile of FLAIR in edema and of T1c in enhancing tumour over the
+    bank itself (its own training patients: no other subset is read), so it adapts to any normalisation."""
+    flair = bank.images[:, FLAIR][bank.labels == 2].float()
+    t1c = bank.images[:, T1C][bank.labels == 3].float()
+    if len(flair) == 0 or len(t1c) == 0:
+        return bank
+    thresholds = (float(torch.quantile(flair[:: max(1, len(flair) // 100_000)], 0.25)),
+                  float(torch.quantile(t1c[:: max(1, len(t1c) // 100_000)], 0.25)))
+    counts = torch.cat([mimic_voxels(bank.images[i:i + chunk].float(), bank.labels[i:i + chunk] > 0, thresholds).sum((1, 2))
+                        for i in range(0, len(bank), chunk)])
+    return SliceBank(bank.images, bank.labels, bank.has_tumour, bank.index, counts >= min_voxels, thresholds)
+
+
+def epoch_indices(bank: SliceBank, n: int, foreground_fraction: float, generator: torch.Generator,
+                  mimic_fraction: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` sample indices, a ``foreground_fraction`` share forced onto tumour slices, a ``mimic_fraction``
+    share onto slices with tumour mimics (hard negatives), the rest uniform, shuffled; and how each was drawn
+    (UNIFORM, TUMOUR, MIMIC: its patch is centred on tumour or on a mimic). With no mimic share the random
+    numbers drawn are the same as before that option existed."""
     tumour = torch.nonzero(bank.has_tumour.cpu()).flatten()
+    mimics = torch.nonzero(bank.has_mimic.cpu()).flatten() if bank.has_mimic is not None else tumour[:0]
     n_fg = int(round(n * foreground_fraction)) if len(tumour) else 0
-    uniform = torch.randint(len(bank), (n - n_fg,), generator=generator)
+    n_mimic = min(int(round(n * mimic_fraction)), n - n_fg) if len(mimics) else 0
+    uniform = torch.randint(len(bank), (n - n_fg - n_mimic,), generator=generator)
     forced = tumour[torch.randint(len(tumour), (n_fg,), generator=generator)] if n_fg else uniform[:0]
-    idx = torch.cat([uniform, forced])
-    is_forced = torch.cat([torch.zeros(n - n_fg, dtype=torch.bool), torch.ones(n_fg, dtype=torch.bool)])
+    hard = mimics[torch.randint(len(mimics), (n_mimic,), generator=generator)] if n_mimic else uniform[:0]
+    idx = torch.cat([uniform, forced, hard])
+    kinds = torch.cat([torch.full((len(uniform),), UNIFORM), torch.full((n_fg,), TUMOUR), torch.full((n_mimic,), MIMIC)])
     order = torch.randperm(len(idx), generator=generator)
-    return idx[order], is_forced[order]
+    return idx[order], kinds[order].to(torch.int8)
 
 
-def random_patches(images: torch.Tensor, targets: torch.Tensor, size: int, centre_on_tumour: torch.Tensor,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_patches(images: torch.Tensor, targets: torch.Tensor, size: int, centre_on: torch.Tensor,
+                   generator: torch.Generator, mimic_thresholds: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut one ``size`` x ``size`` patch per sample, as nnU-Net trains on patches rather than
     whole images: the cost of a step falls with the patch area while the models stay fully
-    convolutional, so inference still runs on whole slices. Samples flagged in
-    ``centre_on_tumour`` (and that have tumour) get a patch centred on a random tumour voxel;
-    the others a uniformly placed one. Random numbers come from ``generator`` (CPU)."""
+    convolutional, so inference still runs on whole slices. ``centre_on`` says per sample where
+    (bool: True = TUMOUR, or the kinds of ``epoch_indices``): a TUMOUR sample's patch is centred on
+    a random tumour voxel, a MIMIC sample's on a random tumour-bright voxel outside the tumour
+    (``mimic_thresholds``), the others placed uniformly. Random numbers come from ``generator`` (CPU)."""
     n, _, h, w = images.shape
     if size <= 0 or (size >= h and size >= w):
         return images, targets
+    kinds = centre_on.long().cpu()
     ph, pw = min(size, h), min(size, w)
     tops = (torch.rand(n, generator=generator) * (h - ph + 1)).long().clamp(max=h - ph)
     lefts = (torch.rand(n, generator=generator) * (w - pw + 1)).long().clamp(max=w - pw)
     picks = torch.rand(n, generator=generator)  # drawn for every sample, so the stream never depends on the data
     wt = targets[:, 0] > 0
-    for i in torch.nonzero(centre_on_tumour.cpu()).flatten().tolist():
-        voxels = torch.nonzero(wt[i]).cpu()
+    mimic = mimic_voxels(images, wt, mimic_thresholds) if mimic_thresholds is not None and (kinds == MIMIC).any() else None
+    for i in torch.nonzero(kinds != UNIFORM).flatten().tolist():
+        where = wt[i] if kinds[i] == TUMOUR else (mimic[i] if mimic is not None else wt[i][:0])
+        voxels = torch.nonzero(where).cpu()
         if len(voxels):
             cy, cx = voxels[min(int(picks[i] * len(voxels)), len(voxels) - 1)].tolist()
             tops[i] = min(max(cy - ph // 2, 0), h - ph)

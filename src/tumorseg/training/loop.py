@@ -31,7 +31,7 @@ from tumorseg.models.runtime import autocast, configure_determinism, pick_amp_dt
 from tumorseg.tracking import TAG_DATA, TAG_WEIGHTS, MlflowSettings, TrainingRun
 from tumorseg.training import checkpoint
 from tumorseg.training.augment import build_augmentation
-from tumorseg.training.data import SliceBank, epoch_indices, load_bank, random_patches
+from tumorseg.training.data import SliceBank, epoch_indices, find_mimics, load_bank, random_patches
 from tumorseg.training.losses import segmentation_loss
 from tumorseg.training.settings import ModelSettings, TrainSettings
 
@@ -148,7 +148,12 @@ def train_model(
         val_rows = val_rows.iloc[np.linspace(0, len(val_rows) - 1, train.max_val_slices).round().astype(int)]
     if train_rows.empty or val_rows.empty:
         raise ValueError(f"{split_path}: the train or val subset is empty; check split.fractions")
-    train_bank = load_bank(store_dir, train_rows).to(device)
+    train_bank = load_bank(store_dir, train_rows)
+    if train.mimic_fraction > 0:
+        train_bank = find_mimics(train_bank)
+        log.info("%s: %d of %d training slices hold tumour mimics (FLAIR >= %.3f or T1c >= %.3f outside the tumour)", name,
+                 int(train_bank.has_mimic.sum()), len(train_bank), *train_bank.mimic_thresholds)
+    train_bank = train_bank.to(device)
     val_bank = load_bank(store_dir, val_rows).to(device)
 
     model = build_model(name, **model_cfg.arch).to(device)
@@ -187,7 +192,8 @@ def train_model(
         for epoch in range(start_epoch, epochs):
             generator = torch.Generator().manual_seed(train.seed * 100_003 + epoch)
             torch.manual_seed(train.seed + epoch)  # dropout and any other global randomness
-            indices, forced = epoch_indices(train_bank, steps_per_epoch * model_cfg.batch_size, train.foreground_fraction, generator)
+            indices, kinds = epoch_indices(train_bank, steps_per_epoch * model_cfg.batch_size, train.foreground_fraction, generator,
+                                           train.mimic_fraction)
             model.train()
             t0, seen, loss_sum = time.perf_counter(), 0, 0.0
             bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{epochs}", unit="step", dynamic_ncols=True, leave=False)
@@ -199,7 +205,8 @@ def train_model(
                 x = train_bank.images[b].float()
                 y = labels_to_regions(train_bank.labels[b])
                 x, y = augmentation(x, y, generator)
-                x, y = random_patches(x, y, train.patch_size, forced[step * model_cfg.batch_size:(step + 1) * model_cfg.batch_size], generator)
+                x, y = random_patches(x, y, train.patch_size, kinds[step * model_cfg.batch_size:(step + 1) * model_cfg.batch_size], generator,
+                                      train_bank.mimic_thresholds if train.mimic_fraction > 0 else None)
                 if train.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device, amp_dtype):

@@ -33,6 +33,9 @@ class TrainSettings(RuntimeSettings):
     epochs: int = field(default=100, metadata=in_range(1))
     samples_per_epoch: int = field(default=0, metadata=in_range(0))  # 0: one pass over the training slices
     foreground_fraction: float = field(default=0.33, metadata=in_range(0, 1))  # nnU-Net forces a third of samples onto tumour
+    # share of samples forced onto slices with tumour mimics (tumour-bright on FLAIR / T1c outside the tumour), their
+    # patch centred on one: hard negatives against false-positive lesions
+    mimic_fraction: float = field(default=0.0, metadata=in_range(0, 1))
     # train on random patch_size^2 patches (0: whole slices); inference always sees whole slices
     patch_size: int = field(default=0, metadata=in_range(0))
     tumour_slices_only: bool = False  # the original project trained on tumour-bearing slices only
@@ -50,6 +53,8 @@ class TrainSettings(RuntimeSettings):
     def check(self) -> None:
         if self.patch_size and self.patch_size < 32:
             raise SettingError("patch_size", f"= {self.patch_size}; must be 0 (whole slices) or >= 32 (the models downsample 16x)")
+        if self.foreground_fraction + self.mimic_fraction > 1:
+            raise SettingError("mimic_fraction", f"= {self.mimic_fraction}; foreground_fraction + mimic_fraction must not exceed 1")
         if self.bce_weight == 0 and self.dice_weight == 0:
             raise SettingError("bce_weight", "and dice_weight are both 0: the loss would be zero")
 
