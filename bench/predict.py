@@ -43,7 +43,7 @@ def make_case(root: Path) -> Path:
     return folder
 
 
-def time_once(predictor, folder: Path, out: Path, batch: int, tta: bool = False) -> dict[str, float]:
+def time_once(predictor, folder: Path, out: Path, batch: int, tta: str = "none") -> dict[str, float]:
     t0 = time.perf_counter()
     channels, reference = load_case(case_from_folder(folder))
     t1 = time.perf_counter()
@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--models-dir", type=Path, default=REPO / "models")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--tta", action="store_true", help="as `tumorseg predict --tta` (four mirrorings per slice)")
+    ap.add_argument("--tta", default="none", choices=["none", "lr", "all"], help="as `tumorseg predict --tta`")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +73,7 @@ def main() -> None:
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             rows.append(f"| {name} | {med['read']:.2f} | {med['preprocess + predict']:.2f} | {med['write']:.2f} | **{med['total']:.2f}** |")
             print(rows[-1], flush=True)
-    lines = [f"`python bench/predict.py --repeats {args.repeats}{' --tta' if args.tta else ''}` on {platform.machine()}, {os.cpu_count()} CPUs, "
+    lines = [f"`python bench/predict.py --repeats {args.repeats}{f' --tta {args.tta}' if args.tta != 'none' else ''}` on {platform.machine()}, {os.cpu_count()} CPUs, "
              f"torch {torch.__version__} ({torch.get_num_threads()} threads), one synthetic 240 x 240 x 155 patient, "
              f"batch {args.batch}, median of {args.repeats} after a warm-up", "",
              "| model | read 4 NIfTI (s) | preprocess + predict + post-process (s) | write mask (s) | total (s) |", "|---|---|---|---|---|", *rows]

@@ -149,7 +149,7 @@ def infer_postprocess_evaluate(name: str, root: Path, out: Path, mlflow_settings
         ensemble_predictions(list(ensemble_of), inference, inference / name, inference / f"{name}.seconds.json")
     else:
         infer_model(name, out / "models" / name, root / "pre", root / "split.parquet", inference / name,
-                    inference / f"{name}.seconds.json", runtime or RuntimeSettings(device="cpu", eval_batch_size=16), tta=False)
+                    inference / f"{name}.seconds.json", runtime or RuntimeSettings(device="cpu", eval_batch_size=16), tta="none")
     rules = out / "models" / name / "postprocess.json"
     fit_postprocess(name, inference / name, root / "split.parquet", root / "manifest.parquet", root / "raw", rules,
                     PostprocessSettings())

@@ -20,14 +20,14 @@ def test_repository_params_parse():
     assert data.source == "synthetic" and data.synthetic.shape == (96, 96, 64)
     from_mapping(PreprocessSettings, params["preprocess"], "preprocess")
     assert from_mapping(SplitSettings, params["split"], "split").fractions == (0.7, 0.15, 0.15)
-    assert from_mapping(InferSettings, params["infer"], "infer").tta is True
+    assert from_mapping(InferSettings, params["infer"], "infer").tta in ("none", "lr", "all")
     assert 0 in from_mapping(PostprocessSettings, params["postprocess"], "postprocess").component_mm3
     from tumorseg.training.settings import ModelSettings, TrainSettings
 
     from_mapping(TrainSettings, params["train"], "train")
     for name, block in params["models"].items():
         from_mapping(ModelSettings, block, f"models.{name}")
-    with pytest.raises(ParamsError, match="'infer.tta' must be"):
+    with pytest.raises(ParamsError, match="'infer.tta' = 'maybe'; expected one of"):
         from_mapping(InferSettings, {"tta": "maybe"}, "infer")
 
 

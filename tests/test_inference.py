@@ -1,9 +1,10 @@
 """Test-time mirroring: the averaged probabilities are those of the four mirrored inputs."""
 
 import numpy as np
+import pytest
 import torch
 
-from tumorseg.evaluation.inference import MIRROR_AXES, predict_slices, region_probabilities
+from tumorseg.evaluation.inference import MIRRORINGS, predict_slices, region_probabilities
 
 
 class FixedLogits(torch.nn.Module):
@@ -30,16 +31,19 @@ def test_mirroring_averages_the_four_flips():
     x = torch.zeros(2, 4, 4, 5)
     p = torch.sigmoid(logits)
     expected = (p + p.flip(-1) + p.flip(-2) + p.flip(-2, -1)) / 4
-    assert len(MIRROR_AXES) == 4
-    torch.testing.assert_close(region_probabilities(model, x, tta=True), expected.expand(2, -1, -1, -1))
-    torch.testing.assert_close(region_probabilities(model, x, tta=False), p.expand(2, -1, -1, -1))
+    assert len(MIRRORINGS["all"]) == 4
+    torch.testing.assert_close(region_probabilities(model, x, tta="all"), expected.expand(2, -1, -1, -1))
+    torch.testing.assert_close(region_probabilities(model, x, tta="lr"), ((p + p.flip(-1)) / 2).expand(2, -1, -1, -1))
+    torch.testing.assert_close(region_probabilities(model, x, tta="none"), p.expand(2, -1, -1, -1))
+    with pytest.raises(ValueError, match="expected one of"):
+        region_probabilities(model, x, tta="ud")
 
 
 def test_mirroring_changes_nothing_for_an_equivariant_model():
     rng = np.random.default_rng(0)
     images = rng.normal(size=(6, 4, 8, 10)).astype(np.float32)
-    plain = predict_slices(Identity3(), images, batch_size=4, tta=False)
-    mirrored = predict_slices(Identity3(), images, batch_size=4, tta=True)
+    plain = predict_slices(Identity3(), images, batch_size=4, tta="none")
+    mirrored = predict_slices(Identity3(), images, batch_size=4, tta="all")
     np.testing.assert_array_equal(plain, mirrored)
     assert set(np.unique(plain)) > {0}  # the test would be vacuous on an all-background prediction
 
@@ -51,5 +55,5 @@ def test_mirroring_can_flip_a_boundary_voxel():
     logits[0, :, 0, 0] = 4.0
     model = FixedLogits(logits)
     images = np.zeros((1, 4, 2, 2), dtype=np.float32)
-    assert predict_slices(model, images, tta=False)[0, 0, 0] > 0
-    assert predict_slices(model, images, tta=True)[0, 0, 0] == 0
+    assert predict_slices(model, images, tta="none")[0, 0, 0] > 0
+    assert predict_slices(model, images, tta="all")[0, 0, 0] == 0

@@ -87,3 +87,25 @@ def test_summarise_means_and_rounding_by_hand():
     assert (s["dice_WT"], s["dice_TC"], s["dice_ET"], s["dice_mean"]) == (0.8, 0.7, 0.5, 0.6667)
     assert (s["hd95_WT"], s["hd95_TC"], s["hd95_ET"], s["hd95_mean"]) == (2.0, 3.0, 186.56, 63.85)
     assert s["slice_dice_WT"] == 0.5 and summarise(rows, [])["slice_dice_WT"] is None
+
+
+def test_every_summary_mean_has_a_bootstrap_interval_around_it():
+    from tumorseg.evaluation.metrics import summarise
+
+    rng = np.random.default_rng(0)
+    shape = (20, 20, 12)
+    rows = []
+    for _ in range(8):
+        truth = np.zeros(shape, dtype=np.uint8)
+        truth[5:12, 5:12, 3:9] = 2
+        truth[7:10, 7:10, 5:7] = 3
+        pred = truth.copy()
+        pred[5:5 + rng.integers(1, 4), 5:12, 3:9] = 0  # a varying miss
+        rows.append(volume_metrics(pred, truth))
+    summary = summarise(rows, [])
+    means = [k for k in summary if k not in ("n_patients", "slice_dice_WT", "ci95")]
+    assert sorted(summary["ci95"]) == sorted(means)
+    for key in means:
+        ci = summary["ci95"][key]
+        assert ci["low"] <= summary[key] + 1e-4 and summary[key] - 1e-4 <= ci["high"], key
+    assert summary["ci95"]["dice_WT"]["low"] < summary["ci95"]["dice_WT"]["high"]  # the misses vary: a real interval

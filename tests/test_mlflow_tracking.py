@@ -104,5 +104,6 @@ def test_three_trainings_land_in_mlflow(tiny_pipeline, tmp_path, mlflow_server):
     assert champion.version == "1"
     report = (tmp_path / "reports" / "comparison.md").read_text()
     assert report.count("|") > 30 and "| ensemble |" in report
+    assert "## Error bars and significance" in report and "| unet vs resnet_unet |" in report
     # the champion is the best model by validation lesion-wise Dice, never by test
     assert result["best"] == max(TINY, key=lambda m: (result["validation"][m]["lesion_dice_mean"], result["validation"][m]["dice_mean"]))

@@ -63,10 +63,11 @@ def test_predicts_a_patient_folder_like_the_pipeline(trained, tmp_path):
     expected = to_volume(predict_slices(model, images), z0, source.shape)
     assert np.array_equal(labels, expected)
     # --tta: the evaluate stage's mirrored prediction, voxel for voxel.
-    result = _invoke("predict", case.path, "--model", model_dir, "--out", tmp_path / "tta", "--tta")
+    result = _invoke("predict", case.path, "--model", model_dir, "--out", tmp_path / "tta", "--tta", "all")
     assert result.exit_code == 0, result.output
     mirrored = np.asanyarray(nib.load(tmp_path / "tta" / f"{case.case_id}-seg.nii.gz").dataobj)
-    assert np.array_equal(mirrored, to_volume(predict_slices(model, images, tta=True), z0, source.shape))
+    assert np.array_equal(mirrored, to_volume(predict_slices(model, images, tta="all"), z0, source.shape))
+    assert _invoke("predict", case.path, "--model", model_dir, "--out", tmp_path / "bad", "--tta", "ud").exit_code == 2
 
 
 def test_explicit_files_and_batch_mode(trained, tmp_path):

@@ -81,7 +81,7 @@ def _bank_with_a_mimic():
     images[:10, 1, 10:12, 10:12] = 0.9
     labels[:10, 8:14, 8:14] = 2
     labels[:10, 10:12, 10:12] = 3
-    images[10:15, 3, 20:24, 20:24] = 0.85  # the mimic: FLAIR like edema, label 0
+    images[10:15, 3, 20:26, 20:26] = 0.85  # the mimic: FLAIR like edema, label 0, 36 voxels
     return SliceBank(images.half(), labels, labels.flatten(1).any(1), pd.DataFrame())
 
 

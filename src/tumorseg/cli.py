@@ -123,8 +123,9 @@ def predict(
     t2f: Path = typer.Option(None, help="T2-FLAIR."),
     batch_size: int = typer.Option(32, help="Slices per forward pass."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
-    tta: bool = typer.Option(False, "--tta/--no-tta", help="Average the four in-plane mirrorings of every slice, as the "
-                             "infer stage does (infer.tta): the reported test metrics, for about 4x the time."),
+    tta: str = typer.Option("none", "--tta", help="Mirrorings averaged per slice: none | lr (left-right, as training "
+                            "flips) | all (the four in-plane ones). The infer stage's `infer.tta` gives the reported test "
+                            "metrics; each mirroring costs one more prediction."),
     postprocess: bool = typer.Option(True, "--postprocess/--no-postprocess", help="Apply the post-processing fitted for "
                                      "the model on the validation patients (<model folder>/postprocess.json), as evaluate does."),
 ) -> None:
@@ -135,6 +136,10 @@ def predict(
     setup_logging()
     explicit = [t1n, t1c, t2w, t2f]
     try:
+        from tumorseg.evaluation.inference import TTA_CHOICES
+
+        if tta not in TTA_CHOICES:
+            raise InputError(f"--tta {tta}: expected one of {', '.join(TTA_CHOICES)}")
         if any(explicit):
             if not all(explicit) or inputs:
                 raise InputError("give all four of --t1n --t1c --t2w --t2f, and no folder with them")

@@ -123,7 +123,7 @@ class Predictor:
     rules_source: str | None = None  # the postprocess.json applied, or None
 
     def predict(self, channels: list[np.ndarray], spacing=(1.0, 1.0, 1.0), batch_size: int = 32, device="cpu",
-                amp_dtype=None, tta: bool = False) -> np.ndarray:
+                amp_dtype=None, tta: str = "none") -> np.ndarray:
         """(X, Y, Z) BraTS labels for one patient, preprocessed as each model's training data was, the
         members' probabilities averaged as the ensemble stage does, then post-processed."""
         from tumorseg.config import from_mapping
@@ -147,7 +147,7 @@ class Predictor:
 
 
 def predict_volume(model, config: dict, channels: list[np.ndarray], batch_size: int = 32, device="cpu",
-                   amp_dtype=None, tta: bool = False) -> np.ndarray:
+                   amp_dtype=None, tta: str = "none") -> np.ndarray:
     """(X, Y, Z) BraTS labels of one model for one patient, preprocessed as its training data was, not post-processed."""
     return Predictor("model", [(model, config)]).predict(channels, batch_size=batch_size, device=device, amp_dtype=amp_dtype,
                                                          tta=tta)
@@ -260,7 +260,7 @@ def output_path(out_dir: Path, case_id: str) -> Path:
 
 
 def run_predict(cases: list[CaseInput], model_ref: str, out_dir: Path, models_dir: Path, batch_size: int = 32,
-                device: str = "auto", progress: bool = True, tta: bool = False,
+                device: str = "auto", progress: bool = True, tta: str = "none",
                 postprocess: bool = True) -> list[tuple[CaseInput, Path | None, str | None]]:
     """Predict every case; a bad case is reported and skipped (nothing written for it), the others go on.
     Returns (case, written path or None, error or None) per case."""

@@ -8,6 +8,7 @@ brain, and store axial 2D slices in the slice store with a Parquet index.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,6 +27,10 @@ from tumorseg.logs import setup_logging
 from tumorseg.parallel import parallel_map
 
 log = logging.getLogger(__name__)
+
+
+class GroundTruthCropWarning(UserWarning):
+    """Validation and test patients are cropped with their expert mask (``preprocess.crop: tumour``)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,12 @@ def run_preprocess(settings: PreprocessSettings, manifest_path: Path, raw_dir: P
     skipped = manifest[manifest["status"] != "ok"]
     if len(skipped):
         log.warning("skipping %d invalid case(s) listed in %s: %s", len(skipped), manifest_path, ", ".join(skipped["case_id"]))
+    if settings.crop == "tumour":
+        msg = ("preprocess.crop is 'tumour': every patient is cropped to the expert mask's slices, validation and test "
+               "included, so their predictions never see the slices without tumour and false positives there are never "
+               "counted (ground truth leaks into evaluation; the original project's protocol). Use only to reproduce it.")
+        warnings.warn(msg, GroundTruthCropWarning, stacklevel=2)
+        log.warning("!" * 20 + " GROUND TRUTH AT INFERENCE " + "!" * 20 + "\n" + msg)
     with atomic_dir(out_dir) as staging:
         jobs = [(row, Path(raw_dir), staging, settings) for row in ok.to_dict("records")]
         results = parallel_map(_process_case, jobs, workers=settings.workers, desc="preprocess cases")

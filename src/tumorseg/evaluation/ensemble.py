@@ -28,7 +28,7 @@ def ensemble_predictions(members: list[str], inference_dir: Path, out_dir: Path,
                              f"rerun `dvc repro infer@{m}`")
     index = {"model": ENSEMBLE, "members": members,
              "weights_sha256": {m: p.index["weights_sha256"][m] for m, p in zip(members, preds)},
-             "tta": all(p.index["tta"] for p in preds), "cases": first["cases"]}
+             "tta": sorted({str(p.index["tta"]) for p in preds}), "cases": first["cases"]}
     with atomic_dir(Path(out_dir)) as tmp:
         for case_id in tqdm(sorted(first["cases"]), desc="ensemble", unit="patient", dynamic_ncols=True):
             mean = sum(dequantize(p.probabilities(case_id)) for p in preds) / len(preds)

@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ SUBSETS = ("val", "test")  # the patients scored in 3D: validation fits post-pro
 class InferSettings:
     """The ``infer`` block of params.yaml."""
 
-    tta: bool = True  # average the mirrored predictions of each slice, as nnU-Net predicts (cost x the mirrorings)
+    tta: Literal["none", "lr", "all"] = "all"  # mirrorings averaged per slice (evaluation.inference.MIRRORINGS)
 
 
 def _write_seconds(path: Path, seconds: list[float]) -> None:
@@ -44,7 +45,7 @@ def _write_seconds(path: Path, seconds: list[float]) -> None:
 
 
 def infer_model(name: str, model_dir: Path, store_dir: Path, split_path: Path, out_dir: Path, seconds_path: Path,
-                runtime: RuntimeSettings, tta: bool) -> dict:
+                runtime: RuntimeSettings, tta: str) -> dict:
     device = pick_device(runtime.device)
     configure_determinism(runtime.deterministic, device)
     amp_dtype = pick_amp_dtype(runtime.amp, device)

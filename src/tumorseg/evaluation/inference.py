@@ -9,20 +9,24 @@ from tumorseg.data.labels import regions_to_labels
 from tumorseg.models.runtime import autocast
 
 
-# nnU-Net's test-time augmentation for 2D: every in-plane mirroring, sigmoid averaged.
-MIRROR_AXES: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+# Test-time augmentation for 2D: the mean of the sigmoid maps of mirrored copies of each slice. "lr" uses only the
+# mirroring the training augmentation applies (left-right); "all" adds up-down and both, as nnU-Net predicts.
+MIRRORINGS: dict[str, tuple[tuple[int, ...], ...]] = {"none": ((),), "lr": ((), (-1,)), "all": ((), (-1,), (-2,), (-2, -1))}
+TTA_CHOICES = tuple(MIRRORINGS)
 
 
-def region_probabilities(model: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """(N, 4, Y, X) -> (N, 3, Y, X) sigmoid region probabilities; with ``tta`` the mean over the
-    four mirrorings, which smooths boundary errors for 4x the cost."""
-    flips = MIRROR_AXES if tta else ((),)
+def region_probabilities(model: torch.nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """(N, 4, Y, X) -> (N, 3, Y, X) sigmoid region probabilities, averaged over the ``tta`` mirrorings
+    (``MIRRORINGS``), which smooths boundary errors for that many times the cost."""
+    if tta not in MIRRORINGS:
+        raise ValueError(f"tta = {tta!r}; expected one of {list(MIRRORINGS)}")
+    flips = MIRRORINGS[tta]
     return sum(torch.sigmoid(model(x.flip(axes)).float()).flip(axes) for axes in flips) / len(flips)
 
 
 @torch.no_grad()
 def predict_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int = 32, device: torch.device | str = "cpu",
-                          amp_dtype: torch.dtype | None = None, channels_last: bool = True, tta: bool = False) -> np.ndarray:
+                          amp_dtype: torch.dtype | None = None, channels_last: bool = True, tta: str = "none") -> np.ndarray:
     """(Z, 4, Y, X) normalised slices -> (Z, 3, Y, X) float32 region probabilities (WT, TC, ET)."""
     device = torch.device(device)
     model.eval()
@@ -37,7 +41,7 @@ def predict_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size
 
 
 def predict_slices(model: torch.nn.Module, images: np.ndarray, batch_size: int = 32, device: torch.device | str = "cpu",
-                   amp_dtype: torch.dtype | None = None, channels_last: bool = True, tta: bool = False) -> np.ndarray:
+                   amp_dtype: torch.dtype | None = None, channels_last: bool = True, tta: str = "none") -> np.ndarray:
     """(Z, 4, Y, X) normalised slices -> (Z, Y, X) uint8 BraTS labels (probability > 0.5 per region)."""
     probs = predict_probabilities(model, images, batch_size, device, amp_dtype, channels_last, tta)
     return regions_to_labels(probs > 0.5)

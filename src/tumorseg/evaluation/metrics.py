@@ -90,7 +90,7 @@ def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
 
 
 def lesion_wise(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), dilation: int = LESION_DILATION,
-                min_volume_mm3: float = LESION_MIN_VOLUME_MM3) -> LesionScores:
+                min_volume_mm3: float = LESION_MIN_VOLUME_MM3, with_hd95: bool = True) -> LesionScores:
     """BraTS 2023 lesion-wise Dice and HD95 of one region (boolean 3D masks).
 
     Ground-truth lesions are the 26-connected components of the truth, merged when they touch after
@@ -98,6 +98,7 @@ def lesion_wise(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), di
     mask is matched to it (a true positive), any other predicted component is a false positive that
     scores Dice 0 / HD95 374 mm. Lesions of ``min_volume_mm3`` or less are left out of the scores and
     the counts (their matched components are not false positives). Both empty: Dice 1, HD95 0.
+    ``with_hd95=False`` skips the distance transforms (HD95 then NaN) where only Dice is needed.
     """
     pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
     voxel_mm3 = float(np.prod(spacing))
@@ -127,7 +128,7 @@ def lesion_wise(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), di
         tp += 1
         found = np.isin(pred_cc, hits)
         dices.append(dice(found, lesion))
-        hds.append(hd95(found, lesion, spacing))
+        hds.append(hd95(found, lesion, spacing) if with_hd95 else float("nan"))
     fp = n_pred - len(matched)
     count = len(dices) + fp
     if count == 0:
@@ -183,4 +184,28 @@ def summarise(per_patient: list[dict[str, float]], slice_dices: list[float]) -> 
         for region in REGIONS:
             out[f"fp_per_patient_{region}"] = mean(f"lesion_fp_{region}", 3)
     out["slice_dice_WT"] = round(float(np.mean(slice_dices)), 4) if slice_dices else None
+    out["ci95"] = confidence_intervals(per_patient, [k for k in out if k not in ("n_patients", "slice_dice_WT")])
+    return out
+
+
+def per_patient_values(per_patient: list[dict[str, float]], key: str) -> np.ndarray:
+    """One value per patient behind a summary key (``dice_mean``: the patient's mean over WT, TC, ET)."""
+    if key.endswith("_mean"):
+        base = key[: -len("mean")]
+        return np.array([np.mean([row[f"{base}{r}"] for r in REGIONS]) for row in per_patient])
+    if key.startswith("fp_per_patient_"):
+        key = "lesion_fp_" + key[len("fp_per_patient_"):]
+    return np.array([row[key] for row in per_patient], dtype=np.float64)
+
+
+def confidence_intervals(per_patient: list[dict[str, float]], keys: list[str]) -> dict[str, dict[str, float]]:
+    """Seeded 95% bootstrap interval over patients of every summary mean (``tumorseg.evaluation.statistics``)."""
+    from tumorseg.evaluation.statistics import bootstrap_ci
+
+    digits = {True: 2, False: 4}
+    out = {}
+    for key in keys:
+        low, high = bootstrap_ci(per_patient_values(per_patient, key))
+        d = digits["hd95" in key]
+        out[key] = {"low": round(low, d), "high": round(high, d)}
     return out

@@ -105,7 +105,7 @@ def _scores(cases, rules: PostprocessRules, region: str) -> tuple[np.ndarray, np
     lesion, legacy = [], []
     for pred, truth, spacing in cases:
         p, t = region_mask(rules.apply(pred, spacing), region), region_mask(truth, region)
-        lesion.append(lesion_wise(p, t, spacing).dice)
+        lesion.append(lesion_wise(p, t, spacing, with_hd95=False).dice)
         legacy.append(dice(p, t))
     return np.array(lesion), np.array(legacy)
 

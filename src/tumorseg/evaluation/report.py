@@ -25,7 +25,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from tumorseg.data.slices import SliceStore, read_case_index  # noqa: E402
 from tumorseg.data.split import read_split  # noqa: E402
 from tumorseg.evaluation.ensemble import ENSEMBLE  # noqa: E402
-from tumorseg.evaluation.evaluate import EXAMPLES_FILE, EXAMPLES_INDEX, RAW_KEY, test_cases  # noqa: E402
+from tumorseg.evaluation.evaluate import EXAMPLES_FILE, EXAMPLES_INDEX, PER_PATIENT_FILE, RAW_KEY, test_cases  # noqa: E402
 from tumorseg.evaluation.postprocess import POSTPROCESS_FILE  # noqa: E402
 from tumorseg.evaluation.predictions import to_volume  # noqa: E402
 from tumorseg.data.labels import LABEL_NAMES  # noqa: E402
@@ -86,6 +86,42 @@ def comparison_table(metrics: dict[str, dict], baseline: dict) -> str:
     lines.append(f"| FLAIR > {baseline['threshold']:.3f} (one threshold) | - | {baseline['dice_WT']:.3f} | - | - | - | - | - | - | - "
                  f"| - | - | - |")
     return "\n".join(lines)
+
+
+def interval_table(metrics: dict[str, dict]) -> str:
+    """Test means with their 95% bootstrap intervals over patients (post-processed)."""
+    keys = ["lesion_dice_WT", "lesion_dice_TC", "lesion_dice_ET", "lesion_dice_mean", "dice_mean", "fp_per_patient_WT"]
+    lines = ["| model | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    for name, m in metrics.items():
+        ci = m.get("ci95", {})
+        cells = [f"{m[k]:.3f} [{ci[k]['low']:.3f}, {ci[k]['high']:.3f}]" if k in ci else f"{m[k]:.3f}" for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def significance_table(per_patient: dict[str, pd.DataFrame], alpha: float = 0.05) -> tuple[str, list[str]]:
+    """Paired Wilcoxon signed-rank test of every pair of rows, per region, on the test patients' lesion-wise Dice
+    (post-processed); and the pairs that differ at ``alpha`` (no correction for the 18 comparisons: read with care)."""
+    from itertools import combinations
+
+    from tumorseg.data.labels import REGION_NAMES
+    from tumorseg.evaluation.statistics import paired_wilcoxon
+
+    lines = ["| pair | " + " | ".join(f"p {r} (lesion Dice)" for r in REGION_NAMES) + " |", "|" + "---|" * (len(REGION_NAMES) + 1)]
+    significant = []
+    for a, b in combinations(per_patient, 2):
+        left = per_patient[a].set_index("case_id")
+        right = per_patient[b].set_index("case_id").loc[left.index]
+        cells = []
+        for region in REGION_NAMES:
+            key = f"lesion_dice_{region}"
+            p = paired_wilcoxon(left[key], right[key])
+            if p < alpha:
+                better = a if left[key].mean() > right[key].mean() else b
+                significant.append(f"{better} better than {b if better == a else a} in {region} (p = {p:.3f})")
+            cells.append(f"{p:.3f}{' *' if p < alpha else ''}")
+        lines.append(f"| {a} vs {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines), significant
 
 
 def validation_table(validation: dict[str, dict]) -> str:
@@ -178,6 +214,14 @@ def run_report(models: list[str], metrics_dir: Path, models_dir: Path, evaluatio
         lines += ["", f"On the test patients the ensemble (mean of the three models' probabilities) {verdict} the best single "
                       f"model, {single_best}: lesion-wise mean Dice {e['lesion_dice_mean']:.3f} vs {s['lesion_dice_mean']:.3f}, "
                       f"legacy {e['dice_mean']:.3f} vs {s['dice_mean']:.3f} (test figures: reported, not used to choose)."]
+    per_patient = {m: pd.read_csv(Path(evaluation_dir) / m / PER_PATIENT_FILE) for m in rows}
+    significance, significant = significance_table(per_patient)
+    lines += ["", "## Error bars and significance (test patients)", "",
+              "Means with their 95% bootstrap interval over patients (10,000 resamples, seeded):", "", interval_table(metrics), "",
+              "Paired Wilcoxon signed-rank tests, per region, on each patient's lesion-wise Dice (* p < 0.05, uncorrected):", "",
+              significance, "",
+              ("Significant at 0.05: " + "; ".join(significant) + ".") if significant else
+              "No pair differs significantly at 0.05 on these patients."]
     lines += ["", "![training curves](training_curves.png)", "", "![qualitative](qualitative.png)", ""]
     with atomic_file(reports_dir / "comparison.md") as tmp:
         tmp.write_text("\n".join(lines))

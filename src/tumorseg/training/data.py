@@ -65,16 +65,18 @@ def mimic_voxels(images: torch.Tensor, tumour: torch.Tensor, thresholds: tuple[f
     return bright & brain & ~tumour
 
 
-def find_mimics(bank: SliceBank, min_voxels: int = 4, chunk: int = 256) -> SliceBank:
+def find_mimics(bank: SliceBank, quantile: float = 0.75, min_voxels: int = 20, chunk: int = 256) -> SliceBank:
     """The bank with ``has_mimic`` set: slices holding at least ``min_voxels`` tumour-bright voxels outside the
-    tumour. "Tumour-bright" is the 25th percentile of FLAIR in edema and of T1c in enhancing tumour over the
-    bank itself (its own training patients: no other subset is read), so it adapts to any normalisation."""
+    tumour. "Tumour-bright" is the ``quantile`` of FLAIR in edema and of T1c in enhancing tumour over the bank
+    itself (its own training patients: no other subset is read), so it adapts to any normalisation. Measured on
+    the default's 2,828 training slices: the 0.25 quantile calls 88% of slices mimic-bearing (normal T1c reaches
+    low ET levels), 0.75 with 20 voxels 31% (876), a third of them without tumour."""
     flair = bank.images[:, FLAIR][bank.labels == 2].float()
     t1c = bank.images[:, T1C][bank.labels == 3].float()
     if len(flair) == 0 or len(t1c) == 0:
         return bank
-    thresholds = (float(torch.quantile(flair[:: max(1, len(flair) // 100_000)], 0.25)),
-                  float(torch.quantile(t1c[:: max(1, len(t1c) // 100_000)], 0.25)))
+    thresholds = (float(torch.quantile(flair[:: max(1, len(flair) // 100_000)], quantile)),
+                  float(torch.quantile(t1c[:: max(1, len(t1c) // 100_000)], quantile)))
     counts = torch.cat([mimic_voxels(bank.images[i:i + chunk].float(), bank.labels[i:i + chunk] > 0, thresholds).sum((1, 2))
                         for i in range(0, len(bank), chunk)])
     return SliceBank(bank.images, bank.labels, bank.has_tumour, bank.index, counts >= min_voxels, thresholds)
