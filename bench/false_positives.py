@@ -34,22 +34,20 @@ sys.path.insert(0, str(REPO / "src"))
 from tumorseg import paths  # noqa: E402
 from tumorseg.data.labels import region_mask  # noqa: E402
 from tumorseg.data.slices import SliceStore  # noqa: E402
-from tumorseg.evaluation.metrics import LESION_DILATION  # noqa: E402
+from tumorseg.evaluation.metrics import CONNECTIVITY_26, LESION_DILATION, LESION_DILATION_STRUCTURE  # noqa: E402
 from tumorseg.evaluation.postprocess import POSTPROCESS_FILE, read_rules  # noqa: E402
 from tumorseg.evaluation.predictions import Predictions, to_volume  # noqa: E402
 from tumorseg.evaluation.scoring import Truths  # noqa: E402
 
 KINDS = ("speck", "edge", "near tumour", "FLAIR-bright mimic", "other")
 FLAIR = 3
-_C26 = np.ones((3, 3, 3), dtype=bool)
-_DIL = ndimage.generate_binary_structure(3, 2)
 
 
 def classify(pred_wt: np.ndarray, truth_wt: np.ndarray, brain: np.ndarray, flair: np.ndarray, spacing) -> list[str]:
     """The kind of every false-positive WT component of one patient."""
     voxel = float(np.prod(spacing))
-    reach = ndimage.binary_dilation(truth_wt, structure=_DIL, iterations=LESION_DILATION) if truth_wt.any() else truth_wt
-    components, n = ndimage.label(pred_wt, structure=_C26)
+    reach = ndimage.binary_dilation(truth_wt, structure=LESION_DILATION_STRUCTURE, iterations=LESION_DILATION) if truth_wt.any() else truth_wt
+    components, n = ndimage.label(pred_wt, structure=CONNECTIVITY_26)
     rim = brain & ~ndimage.binary_erosion(brain, iterations=3)
     dist_mm = ndimage.distance_transform_edt(~truth_wt, sampling=spacing) if truth_wt.any() else np.full(truth_wt.shape, np.inf)
     tumour_flair = float(np.median(flair[truth_wt])) if truth_wt.any() else np.inf

@@ -146,13 +146,6 @@ class Predictor:
         return self.rules.apply(labels, spacing)
 
 
-def predict_volume(model, config: dict, channels: list[np.ndarray], batch_size: int = 32, device="cpu",
-                   amp_dtype=None, tta: str = "none") -> np.ndarray:
-    """(X, Y, Z) BraTS labels of one model for one patient, preprocessed as its training data was, not post-processed."""
-    return Predictor("model", [(model, config)]).predict(channels, batch_size=batch_size, device=device, amp_dtype=amp_dtype,
-                                                         tta=tta)
-
-
 def write_label_map(labels: np.ndarray, reference, path: Path) -> None:
     """uint8 labels with the reference image's affine and header, written atomically."""
     import nibabel as nib

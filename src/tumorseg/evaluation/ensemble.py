@@ -6,14 +6,13 @@ it is not an MLflow model and never the champion. Reads only the inference folde
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from tumorseg.evaluation.predictions import Predictions, dequantize, quantize, write_index
-from tumorseg.fileio import atomic_dir, atomic_file
+from tumorseg.evaluation.predictions import Predictions, dequantize, quantize, read_seconds, write_index, write_seconds
+from tumorseg.fileio import atomic_dir
 
 ENSEMBLE = "ensemble"
 
@@ -34,9 +33,7 @@ def ensemble_predictions(members: list[str], inference_dir: Path, out_dir: Path,
             mean = sum(dequantize(p.probabilities(case_id)) for p in preds) / len(preds)
             np.save(tmp / f"{case_id}.npy", quantize(mean))
         write_index(tmp, index)
-    member_seconds = [json.loads((Path(inference_dir) / f"{m}.seconds.json").read_text())["seconds_per_volume"] for m in members]
-    with atomic_file(Path(seconds_path)) as t:
-        t.write_text(json.dumps({"seconds_per_volume": round(sum(member_seconds), 3)}) + "\n")
+    write_seconds(seconds_path, round(sum(read_seconds(Path(inference_dir) / f"{m}.seconds.json") for m in members), 3))
     return index
 
 

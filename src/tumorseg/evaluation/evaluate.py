@@ -19,10 +19,10 @@ import pandas as pd
 from tumorseg.data.split import read_split
 from tumorseg.evaluation.metrics import summarise
 from tumorseg.evaluation.postprocess import POSTPROCESS_FILE, read_rules
-from tumorseg.evaluation.predictions import Predictions
+from tumorseg.evaluation.predictions import Predictions, read_seconds
 from tumorseg.evaluation.scoring import Truths, score_patients
 from tumorseg.fileio import atomic_dir, atomic_file
-from tumorseg.tracking import MlflowSettings, log_test_metrics
+from tumorseg.tracking import MlflowSettings, flatten, log_test_metrics
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,7 @@ def evaluate_model(name: str, predictions_dir: Path, postprocess_path: Path, sto
 
     metrics = summarise(rows, slices)
     metrics[RAW_KEY] = summarise(raw_rows, raw_slices)
-    seconds = json.loads(Path(seconds_path).read_text())["seconds_per_volume"] if seconds_path and Path(seconds_path).is_file() else None
-    metrics["seconds_per_volume"] = seconds
+    metrics["seconds_per_volume"] = read_seconds(seconds_path) if seconds_path and Path(seconds_path).is_file() else None
     with atomic_file(metrics_path) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("%s on %d test patients: Dice WT %.3f TC %.3f ET %.3f, lesion-wise %.3f %.3f %.3f, %.2f false WT lesions per patient "
@@ -87,18 +86,9 @@ def evaluate_model(name: str, predictions_dir: Path, postprocess_path: Path, sto
              metrics["fp_per_patient_WT"], metrics[RAW_KEY]["lesion_dice_WT"], metrics[RAW_KEY]["fp_per_patient_WT"])
     if preds.index["members"] == [name]:  # a trained model: its test figures join its training run
         log_test_metrics(mlflow_settings, name, preds.index["weights_sha256"][name],
-                         {f"test_{k}": v for k, v in _flat(metrics).items()}, [Path(out_dir) / PER_PATIENT_FILE])
+                         {f"test_{k}": v for k, v in flatten("", metrics, {}).items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool)}, [Path(out_dir) / PER_PATIENT_FILE])
     return metrics
-
-
-def _flat(metrics: dict, prefix: str = "") -> dict[str, float]:
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def main(model: str, params_path: str | Path = "params.yaml") -> dict:

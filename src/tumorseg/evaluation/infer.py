@@ -8,7 +8,6 @@ to run): they go to ``inference/<model>.seconds.json`` beside the folder.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -22,8 +21,8 @@ from tqdm.auto import tqdm
 from tumorseg.data.slices import SliceStore, read_case_index
 from tumorseg.data.split import read_split
 from tumorseg.evaluation.inference import predict_probabilities
-from tumorseg.evaluation.predictions import patients, quantize, write_index
-from tumorseg.fileio import atomic_dir, atomic_file, sha256_file
+from tumorseg.evaluation.predictions import patients, quantize, write_index, write_seconds
+from tumorseg.fileio import atomic_dir, sha256_file
 from tumorseg.models.io import WEIGHTS_FILE, load_model
 from tumorseg.models.runtime import RuntimeSettings, configure_determinism, pick_amp_dtype, pick_device
 
@@ -37,11 +36,6 @@ class InferSettings:
     """The ``infer`` block of params.yaml."""
 
     tta: Literal["none", "lr", "all"] = "all"  # mirrorings averaged per slice (evaluation.inference.MIRRORINGS)
-
-
-def _write_seconds(path: Path, seconds: list[float]) -> None:
-    with atomic_file(Path(path)) as tmp:
-        tmp.write_text(json.dumps({"seconds_per_volume": round(float(np.median(seconds)), 3) if seconds else None}) + "\n")
 
 
 def infer_model(name: str, model_dir: Path, store_dir: Path, split_path: Path, out_dir: Path, seconds_path: Path,
@@ -73,7 +67,7 @@ def infer_model(name: str, model_dir: Path, store_dir: Path, split_path: Path, o
                 "spacing": [float(case["spacing_x"]), float(case["spacing_y"]), float(case["spacing_z"])],
             }
         write_index(tmp, index)
-    _write_seconds(seconds_path, seconds)
+    write_seconds(seconds_path, round(float(np.median(seconds)), 3) if seconds else None)
     log.info("%s: probabilities of %d validation and %d test patients -> %s (%.2f s/volume)", name,
              sum(s == "val" for _, s in jobs), sum(s == "test" for _, s in jobs), out_dir, float(np.median(seconds)))
     return index

@@ -67,8 +67,8 @@ def specificity(pred: np.ndarray, truth: np.ndarray) -> float:
 LESION_HD95_PENALTY = 374.0  # the BraTS 2023 metrics code's penalty for a missed or false lesion
 LESION_DILATION = 3  # binary dilations that merge nearby ground-truth lesions and define a match (GLI, SSA, PED)
 LESION_MIN_VOLUME_MM3 = 50.0  # ground-truth lesions of this volume or less are left out (GLI, SSA, PED)
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
-_DILATION_STRUCTURE = ndimage.generate_binary_structure(3, 2)  # as the BraTS 2023 code dilates
+CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)  # what a connected component (a lesion) is
+LESION_DILATION_STRUCTURE = ndimage.generate_binary_structure(3, 2)  # as the BraTS 2023 code dilates
 
 
 @dataclass(frozen=True)
@@ -102,10 +102,10 @@ def lesion_wise(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), di
     """
     pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
     voxel_mm3 = float(np.prod(spacing))
-    pred_cc, n_pred = ndimage.label(pred, structure=_CONNECTIVITY_26)
+    pred_cc, n_pred = ndimage.label(pred, structure=CONNECTIVITY_26)
     if truth.any():
-        dilated = ndimage.binary_dilation(truth, structure=_DILATION_STRUCTURE, iterations=dilation)
-        merged, n_lesions = ndimage.label(dilated, structure=_CONNECTIVITY_26)
+        dilated = ndimage.binary_dilation(truth, structure=LESION_DILATION_STRUCTURE, iterations=dilation)
+        merged, n_lesions = ndimage.label(dilated, structure=CONNECTIVITY_26)
         merged[~truth] = 0  # each truth voxel carries the id of the dilated component it lies in
     else:
         merged, n_lesions = np.zeros(truth.shape, dtype=np.int32), 0
@@ -114,7 +114,7 @@ def lesion_wise(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), di
     for lesion_id in range(1, n_lesions + 1):
         lesion = merged == lesion_id
         box = _box(lesion, dilation + 1)
-        reach = ndimage.binary_dilation(lesion[box], structure=_DILATION_STRUCTURE, iterations=dilation)
+        reach = ndimage.binary_dilation(lesion[box], structure=LESION_DILATION_STRUCTURE, iterations=dilation)
         hits = np.unique(pred_cc[box][reach])
         hits = hits[hits != 0]
         matched.update(hits.tolist())

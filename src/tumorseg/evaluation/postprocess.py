@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from tumorseg.config import Checked, SettingError, in_range
 from tumorseg.data.labels import REGION_NAMES, region_mask
-from tumorseg.evaluation.metrics import dice, lesion_wise
+from tumorseg.evaluation.metrics import CONNECTIVITY_26, dice, lesion_wise
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ POSTPROCESS_FILE = "postprocess.json"
 # What a dropped component of each region becomes: the next region out (BraTS labels 0 / 2 / 1).
 DROPPED_LABEL = {"WT": 0, "TC": 2, "ET": 1}
 NETC_LABEL = 1
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ def drop_small_components(labels: np.ndarray, region: str, min_mm3: float, spaci
     if min_mm3 <= 0:
         return labels
     mask = region_mask(labels, region)
-    components, n = ndimage.label(mask, structure=_CONNECTIVITY_26)
+    components, n = ndimage.label(mask, structure=CONNECTIVITY_26)
     if n == 0:
         return labels
     sizes_mm3 = np.bincount(components.ravel())[1:] * float(np.prod(spacing))

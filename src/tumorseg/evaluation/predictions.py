@@ -81,3 +81,16 @@ class Predictions:
 
 def write_index(folder: Path, index: dict) -> None:
     (Path(folder) / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def write_seconds(path: Path, seconds_per_volume: float | None) -> None:
+    """Inference time beside the cached folder (``inference/<model>.seconds.json``): timings differ run to run,
+    so they stay out of the outputs that must be byte-identical."""
+    from tumorseg.fileio import atomic_file
+
+    with atomic_file(Path(path)) as tmp:
+        tmp.write_text(json.dumps({"seconds_per_volume": seconds_per_volume}) + "\n")
+
+
+def read_seconds(path: Path) -> float | None:
+    return json.loads(Path(path).read_text())["seconds_per_volume"]
