@@ -32,7 +32,7 @@ from tumorseg.evaluation.postprocess import POSTPROCESS_FILE, read_rules  # noqa
 from tumorseg.evaluation.predictions import patients, quantize, quantized_to_labels, to_volume  # noqa: E402
 from tumorseg.evaluation.scoring import Truths  # noqa: E402
 from tumorseg.evaluation.metrics import volume_metrics  # noqa: E402
-from tumorseg.models.io import load_model  # noqa: E402
+from tumorseg.models.io import context_slices, load_model  # noqa: E402
 
 
 def main() -> None:
@@ -47,14 +47,14 @@ def main() -> None:
     truths = Truths(REPO / paths.RAW_DIR, REPO / paths.MANIFEST)
     rows = []
     for name in args.models:
-        model, _ = load_model(REPO / paths.MODELS_DIR / name)
+        model, config = load_model(REPO / paths.MODELS_DIR / name)
         rules = read_rules(REPO / paths.MODELS_DIR / name / POSTPROCESS_FILE)
         for tta in ("none", "lr", "all"):
             scored, seconds = [], 0.0
             for case_id in cases:
                 case = index.loc[case_id]
                 t0 = time.perf_counter()
-                probs = predict_probabilities(model, store._images(case_id), 32, "cpu", None, True, tta)
+                probs = predict_probabilities(model, store._images(case_id), 32, "cpu", None, True, tta, context_slices(config))
                 seconds += time.perf_counter() - t0
                 shape = (int(case["nx"]), int(case["ny"]), int(case["nz"]))
                 spacing = (float(case["spacing_x"]), float(case["spacing_y"]), float(case["spacing_z"]))

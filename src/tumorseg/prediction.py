@@ -130,6 +130,7 @@ class Predictor:
         from tumorseg.data.preprocess import PreprocessSettings, preprocess_case
         from tumorseg.evaluation.inference import predict_probabilities
         from tumorseg.evaluation.predictions import dequantize, quantize, quantized_to_labels, to_volume
+        from tumorseg.models.io import context_slices
 
         quantized, z0 = [], None
         for model, config in self.members:
@@ -139,7 +140,8 @@ class Predictor:
                 raise InputError(f"{self.name}: its members were trained on differently cropped data; retrain them with one "
                                  f"preprocess block")
             z0 = start
-            probs = predict_probabilities(model, images, batch_size, device, amp_dtype, tta=tta)  # (Z', 3, Y, X)
+            probs = predict_probabilities(model, images, batch_size, device, amp_dtype, tta=tta,
+                                          context=context_slices(config))  # (Z', 3, Y, X)
             quantized.append(quantize(probs))
         q = quantized[0] if len(quantized) == 1 else quantize(sum(dequantize(x) for x in quantized) / len(quantized))
         labels = to_volume(quantized_to_labels(q), z0, channels[0].shape)

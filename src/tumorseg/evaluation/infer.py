@@ -23,7 +23,7 @@ from tumorseg.data.split import read_split
 from tumorseg.evaluation.inference import predict_probabilities
 from tumorseg.evaluation.predictions import patients, quantize, write_index, write_seconds
 from tumorseg.fileio import atomic_dir, sha256_file
-from tumorseg.models.io import WEIGHTS_FILE, load_model
+from tumorseg.models.io import WEIGHTS_FILE, context_slices, load_model
 from tumorseg.models.runtime import RuntimeSettings, configure_determinism, pick_amp_dtype, pick_device
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,12 @@ class InferSettings:
 
 
 def infer_model(name: str, model_dir: Path, store_dir: Path, split_path: Path, out_dir: Path, seconds_path: Path,
-                runtime: RuntimeSettings, tta: str) -> dict:
+                runtime: RuntimeSettings, tta: str, subsets: tuple[str, ...] = SUBSETS) -> dict:
+    """Probabilities of the ``subsets`` patients (the stage: validation and test; a model choice: validation only)."""
     device = pick_device(runtime.device)
     configure_determinism(runtime.deterministic, device)
     amp_dtype = pick_amp_dtype(runtime.amp, device)
-    model, _ = load_model(model_dir, device)
+    model, config = load_model(model_dir, device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     split = read_split(split_path)
@@ -52,13 +53,13 @@ def infer_model(name: str, model_dir: Path, store_dir: Path, split_path: Path, o
     index = {"model": name, "members": [name], "weights_sha256": {name: sha256_file(Path(model_dir) / WEIGHTS_FILE)},
              "tta": tta, "cases": {}}
     seconds = []
-    jobs = [(c, s) for s in SUBSETS for c in patients(split, s)]
+    jobs = [(c, s) for s in subsets for c in patients(split, s)]
     with atomic_dir(Path(out_dir)) as tmp:
         for case_id, subset in tqdm(jobs, desc=f"infer {name}", unit="patient", dynamic_ncols=True):
             case = cases.loc[case_id]
             t0 = time.perf_counter()
             probs = predict_probabilities(model, store._images(case_id), runtime.eval_batch_size, device, amp_dtype,
-                                          runtime.channels_last, tta)  # (Z', 3, Y, X)
+                                          runtime.channels_last, tta, context_slices(config))  # (Z', 3, Y, X)
             seconds.append(time.perf_counter() - t0)
             np.save(tmp / f"{case_id}.npy", quantize(np.moveaxis(probs, 1, 0)))
             index["cases"][case_id] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tumorseg.data.context import volume_batch
 from tumorseg.data.labels import regions_to_labels
 from tumorseg.models.runtime import autocast
 
@@ -26,13 +27,15 @@ def region_probabilities(model: torch.nn.Module, x: torch.Tensor, tta: str = "no
 
 @torch.no_grad()
 def predict_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int = 32, device: torch.device | str = "cpu",
-                          amp_dtype: torch.dtype | None = None, channels_last: bool = True, tta: str = "none") -> np.ndarray:
-    """(Z, 4, Y, X) normalised slices -> (Z, 3, Y, X) float32 region probabilities (WT, TC, ET)."""
+                          amp_dtype: torch.dtype | None = None, channels_last: bool = True, tta: str = "none",
+                          context: int = 0) -> np.ndarray:
+    """(Z, 4, Y, X) normalised slices -> (Z, 3, Y, X) float32 region probabilities (WT, TC, ET). ``context``: the
+    neighbours on each side the model was trained with (its model.json ``context_slices``; tumorseg.data.context)."""
     device = torch.device(device)
     model.eval()
     out = np.zeros((images.shape[0], 3) + images.shape[2:], dtype=np.float32)
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.array(images[start:start + batch_size], dtype=np.float32)).to(device)
+        x = volume_batch(images, start, min(start + batch_size, len(images)), context).to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
@@ -41,7 +44,8 @@ def predict_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size
 
 
 def predict_slices(model: torch.nn.Module, images: np.ndarray, batch_size: int = 32, device: torch.device | str = "cpu",
-                   amp_dtype: torch.dtype | None = None, channels_last: bool = True, tta: str = "none") -> np.ndarray:
+                   amp_dtype: torch.dtype | None = None, channels_last: bool = True, tta: str = "none",
+                   context: int = 0) -> np.ndarray:
     """(Z, 4, Y, X) normalised slices -> (Z, Y, X) uint8 BraTS labels (probability > 0.5 per region)."""
-    probs = predict_probabilities(model, images, batch_size, device, amp_dtype, channels_last, tta)
+    probs = predict_probabilities(model, images, batch_size, device, amp_dtype, channels_last, tta, context)
     return regions_to_labels(probs > 0.5)

@@ -38,8 +38,14 @@ def read_model_config(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def context_slices(config: dict) -> int:
+    """The neighbours on each side a model sees (2.5D input, tumorseg.data.context); 0 for older models."""
+    return int(config.get("context_slices", 0))
+
+
 def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a trained model from ``models/<name>`` (eval mode) and return it with its config."""
+    from tumorseg.data.context import input_channels
     from tumorseg.models import build_model
 
     folder = Path(folder)
@@ -47,6 +53,6 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[torch.
     arch = dict(config["arch"])
     arch.pop("pretrained", None)  # the trained weights replace any pretrained encoder
     arch.pop("weights_file", None)
-    model = build_model(config["model"], **arch)
+    model = build_model(config["model"], in_channels=input_channels(context_slices(config)), **arch)
     model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device="cpu"))
     return model.to(device).eval(), config

@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from tumorseg.data.labels import SEQUENCES
 from tumorseg.training.settings import AugmentSettings
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -68,17 +69,20 @@ class RandomAffine:
 
 @dataclass(frozen=True)
 class IntensityJitter:
-    """Per sample and channel, brain voxels (any channel non-zero) become ``x * gain + shift`` with
-    gain uniform in 1 +- ``strength`` and shift in +- ``strength`` / 2; background stays 0."""
+    """Per sample and sequence, brain voxels (any sequence non-zero) become ``x * gain + shift`` with
+    gain uniform in 1 +- ``strength`` and shift in +- ``strength`` / 2; background stays 0. With 2.5D input
+    (channels = neighbours x ``sequences``) a sequence's neighbours share its gain and shift, as one scan would."""
 
     strength: float = 0.1
+    sequences: int = len(SEQUENCES)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator) -> Pair:
-        n, c = images.shape[:2]
-        gain = 1 + (uniform(generator, images.device, n, c, 1, 1) * 2 - 1) * self.strength
-        shift = (uniform(generator, images.device, n, c, 1, 1) * 2 - 1) * self.strength / 2
-        brain = (images != 0).any(dim=1, keepdim=True)
-        return torch.where(brain, images * gain + shift, images), targets
+        n, c, h, w = images.shape
+        per_slice = images.reshape(n, c // self.sequences, self.sequences, h, w)
+        gain = 1 + (uniform(generator, images.device, n, 1, self.sequences, 1, 1) * 2 - 1) * self.strength
+        shift = (uniform(generator, images.device, n, 1, self.sequences, 1, 1) * 2 - 1) * self.strength / 2
+        brain = (per_slice != 0).any(dim=2, keepdim=True)
+        return torch.where(brain, per_slice * gain + shift, per_slice).reshape(n, c, h, w), targets
 
 
 @dataclass(frozen=True)

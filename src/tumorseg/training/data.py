@@ -8,13 +8,14 @@ worker processes (which cost more than they give on 2 cores).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from tumorseg.data.context import centre_slice, context_rows, stack_context
 from tumorseg.data.slices import SliceStore
 
 
@@ -30,30 +31,59 @@ class SliceBank:
     index: pd.DataFrame  # the slice index rows, in bank order
     has_mimic: torch.Tensor | None = None  # (N,) bool: tumour-bright voxels outside the tumour (see find_mimics)
     mimic_thresholds: tuple[float, float] = (float("inf"), float("inf"))  # FLAIR, T1c levels of "tumour-bright"
+    neighbours: torch.Tensor | None = None  # (N, 2k + 1) bank rows of each slice's neighbours (-1: none), for 2.5D input
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def to(self, device: torch.device) -> "SliceBank":
-        return SliceBank(self.images.to(device), self.labels.to(device), self.has_tumour.to(device), self.index,
-                         None if self.has_mimic is None else self.has_mimic.to(device), self.mimic_thresholds)
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device), has_tumour=self.has_tumour.to(device),
+                       has_mimic=None if self.has_mimic is None else self.has_mimic.to(device),
+                       neighbours=None if self.neighbours is None else self.neighbours.to(device))
+
+    def inputs(self, rows: torch.Tensor) -> torch.Tensor:
+        """The model input (float32) of bank ``rows``: the slices, or with 2.5D input each with its neighbours."""
+        if self.neighbours is None:
+            return self.images[rows].float()
+        return stack_context(self.images, self.neighbours[rows]).float()
 
 
-def load_bank(store_dir: Path, slices: pd.DataFrame) -> SliceBank:
-    """Load the given slice-index rows (any order) into one bank, sorted by case and slice."""
+def load_bank(store_dir: Path, slices: pd.DataFrame, context: int = 0) -> SliceBank:
+    """Load the given slice-index rows (any order) into one bank, sorted by case and slice. With ``context``
+    neighbours on each side (2.5D input) the bank also maps every slice to its neighbours' rows in the bank, so
+    each slice is held once; a neighbour that exists in the store must be in ``slices`` too."""
     slices = slices.sort_values(["case_id", "slice"]).reset_index(drop=True)
     store = SliceStore(store_dir)
-    images, labels = [], []
+    images, labels, neighbours = [], [], []
+    offset = 0
     for case_id, rows in slices.groupby("case_id", sort=True):
         r = rows["row"].to_numpy()
         images.append(np.asarray(store._images(case_id)[r]))
         labels.append(np.asarray(store._labels(case_id)[r]))
+        if context:
+            neighbours.append(_bank_neighbours(case_id, r, len(store._images(case_id)), context, offset))
+        offset += len(r)
     return SliceBank(
         torch.from_numpy(np.concatenate(images)),
         torch.from_numpy(np.concatenate(labels)),
         torch.from_numpy(np.array(slices["has_tumour"], dtype=bool)),
         slices,
+        neighbours=torch.from_numpy(np.concatenate(neighbours)) if context else None,
     )
+
+
+def _bank_neighbours(case_id: str, rows: np.ndarray, n_rows: int, context: int, offset: int) -> np.ndarray:
+    """Bank positions of the neighbours of one case's ``rows`` (placed in the bank from ``offset``, in row order)."""
+    wanted = context_rows(rows, n_rows, context)
+    position = np.full(n_rows, -1, dtype=np.int64)
+    position[rows] = offset + np.arange(len(rows))
+    found = np.where(wanted >= 0, position[np.maximum(wanted, 0)], -1)
+    missing = (wanted >= 0) & (found < 0)
+    if missing.any():
+        raise ValueError(f"{case_id}: 2.5D input (train.context_slices = {context}) needs slice row(s) "
+                         f"{sorted(set(wanted[missing].tolist()))[:5]} of this patient, which are not in the same subset "
+                         f"(train.tumour_slices_only, train.max_val_slices or split.level: slice leave them out)")
+    return found
 
 
 def mimic_voxels(images: torch.Tensor, tumour: torch.Tensor, thresholds: tuple[float, float]) -> torch.Tensor:
@@ -118,7 +148,7 @@ def random_patches(images: torch.Tensor, targets: torch.Tensor, size: int, centr
     lefts = (torch.rand(n, generator=generator) * (w - pw + 1)).long().clamp(max=w - pw)
     picks = torch.rand(n, generator=generator)  # drawn for every sample, so the stream never depends on the data
     wt = targets[:, 0] > 0
-    mimic = mimic_voxels(images, wt, mimic_thresholds) if mimic_thresholds is not None and (kinds == MIMIC).any() else None
+    mimic = mimic_voxels(centre_slice(images), wt, mimic_thresholds) if mimic_thresholds is not None and (kinds == MIMIC).any() else None
     for i in torch.nonzero(kinds != UNIFORM).flatten().tolist():
         where = wt[i] if kinds[i] == TUMOUR else (mimic[i] if mimic is not None else wt[i][:0])
         voxels = torch.nonzero(where).cpu()

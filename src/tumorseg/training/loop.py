@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from tumorseg.data.context import input_channels
 from tumorseg.data.labels import REGION_NAMES, SEQUENCES, labels_to_regions
 from tumorseg.data.slices import read_slice_index
 from tumorseg.data.split import read_split
@@ -71,7 +72,7 @@ def validate(model, bank: SliceBank, batch_size: int, device, amp_dtype, channel
     total = torch.zeros(3, dtype=torch.float64)
     loss_sum, n = 0.0, 0
     for start in range(0, len(bank), batch_size):
-        x = bank.images[start:start + batch_size].to(device).float()
+        x = bank.inputs(torch.arange(start, min(start + batch_size, len(bank)), device=bank.labels.device)).to(device)
         y = labels_to_regions(bank.labels[start:start + batch_size].to(device))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -148,15 +149,15 @@ def train_model(
         val_rows = val_rows.iloc[np.linspace(0, len(val_rows) - 1, train.max_val_slices).round().astype(int)]
     if train_rows.empty or val_rows.empty:
         raise ValueError(f"{split_path}: the train or val subset is empty; check split.fractions")
-    train_bank = load_bank(store_dir, train_rows)
+    train_bank = load_bank(store_dir, train_rows, train.context_slices)
     if train.mimic_fraction > 0:
         train_bank = find_mimics(train_bank)
         log.info("%s: %d of %d training slices hold tumour mimics (FLAIR >= %.3f or T1c >= %.3f outside the tumour)", name,
                  int(train_bank.has_mimic.sum()), len(train_bank), *train_bank.mimic_thresholds)
     train_bank = train_bank.to(device)
-    val_bank = load_bank(store_dir, val_rows).to(device)
+    val_bank = load_bank(store_dir, val_rows, train.context_slices).to(device)
 
-    model = build_model(name, **model_cfg.arch).to(device)
+    model = build_model(name, in_channels=input_channels(train.context_slices), **model_cfg.arch).to(device)
     if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=model_cfg.lr, weight_decay=train.weight_decay)
@@ -202,7 +203,7 @@ def train_model(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 b = indices[step * model_cfg.batch_size:(step + 1) * model_cfg.batch_size].to(train_bank.labels.device)
-                x = train_bank.images[b].float()
+                x = train_bank.inputs(b)
                 y = labels_to_regions(train_bank.labels[b])
                 x, y = augmentation(x, y, generator)
                 x, y = random_patches(x, y, train.patch_size, kinds[step * model_cfg.batch_size:(step + 1) * model_cfg.batch_size], generator,
@@ -249,7 +250,7 @@ def train_model(
         run.end(status="KILLED")
         raise
 
-    config = {"model": name, "arch": dict(model_cfg.arch), "in_channels": list(SEQUENCES),
+    config = {"model": name, "arch": dict(model_cfg.arch), "in_channels": list(SEQUENCES), "context_slices": train.context_slices,
               "regions": list(REGION_NAMES), "preprocess": preprocess_config or {}, "best_epoch": best["epoch"],
               "best_val_dice_mean": round(best["score"], 6), "epochs_run": len(history)}
     save_model(out_dir, best["state"], config)
@@ -267,7 +268,7 @@ def train_model(
         run.log_figure(fig, "loss_curves.png")
         plt.close(fig)
         model.load_state_dict(best["state"])
-        example = train_bank.images[:1].float().cpu().numpy()
+        example = train_bank.inputs(torch.zeros(1, dtype=torch.long, device=train_bank.labels.device)).cpu().numpy()
         run.log_model(copy.deepcopy(model).float().to(memory_format=torch.contiguous_format), example)
     run.end()
     checkpoint.clear_resume_state(checkpoint_dir)

@@ -39,6 +39,8 @@ class TrainSettings(RuntimeSettings):
     # train on random patch_size^2 patches (0: whole slices); inference always sees whole slices
     patch_size: int = field(default=0, metadata=in_range(0))
     tumour_slices_only: bool = False  # the original project trained on tumour-bearing slices only
+    # 2.5D input: each slice with this many neighbours above and below as extra channels (tumorseg.data.context)
+    context_slices: int = field(default=0, metadata=in_range(0, 8))
     patience: int = field(default=20, metadata=in_range(0))  # early stopping on validation mean Dice (0: off)
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_epochs: int = field(default=0, metadata=in_range(0))
@@ -55,6 +57,12 @@ class TrainSettings(RuntimeSettings):
             raise SettingError("patch_size", f"= {self.patch_size}; must be 0 (whole slices) or >= 32 (the models downsample 16x)")
         if self.foreground_fraction + self.mimic_fraction > 1:
             raise SettingError("mimic_fraction", f"= {self.mimic_fraction}; foreground_fraction + mimic_fraction must not exceed 1")
+        if self.context_slices and self.tumour_slices_only:
+            raise SettingError("context_slices", f"= {self.context_slices} needs every slice of a training patient (its neighbours); "
+                                                 "set train.tumour_slices_only: false")
+        if self.context_slices and self.max_val_slices:
+            raise SettingError("context_slices", f"= {self.context_slices} needs every slice of a validation patient (its "
+                                                 "neighbours); set train.max_val_slices: 0")
         if self.bce_weight == 0 and self.dice_weight == 0:
             raise SettingError("bce_weight", "and dice_weight are both 0: the loss would be zero")
 
@@ -65,3 +73,8 @@ class ModelSettings(Checked):
     batch_size: int = field(metadata=in_range(1))
     epochs: int | None = field(default=None, metadata=in_range(1))  # overrides train.epochs for this model
     arch: dict[str, Any] = field(default_factory=dict)  # constructor arguments of the model
+
+    def check(self) -> None:
+        if "in_channels" in self.arch:
+            raise SettingError("arch", "sets in_channels, which the data decides: 4 sequences x (2 x train.context_slices + 1) "
+                                       "slices; remove it")
