@@ -17,7 +17,7 @@ from conftest import infer_postprocess_evaluate
 from tumorseg.evaluation.report import run_report
 from tumorseg.training.loop import train_model
 from tumorseg.training.settings import ModelSettings, TrainSettings
-from tumorseg.tracking import CHAMPION_ALIAS, TAG_WEIGHTS, MlflowSettings, registered_name
+from tumorseg.tracking import CHAMPION_ALIAS, TAG_WEIGHTS, MlflowSettings, champion_holders, registered_name, set_champion
 
 TINY = {
     "unet": ModelSettings(lr=3e-3, batch_size=4, arch={"base_channels": 8, "depth": 2}),
@@ -107,3 +107,11 @@ def test_three_trainings_land_in_mlflow(tiny_pipeline, tmp_path, mlflow_server):
     assert "## Error bars and significance" in report and "| unet vs resnet_unet |" in report
     # the champion is the best model by validation lesion-wise Dice, never by test
     assert result["best"] == max(TINY, key=lambda m: (result["validation"][m]["lesion_dice_mean"], result["validation"][m]["dice_mean"]))
+    assert champion_holders(client, list(TINY)) == {result["best"]: "1"}, "exactly one champion"
+    # A retrain that changes the winner moves the alias: the other models in turn, then the first again.
+    from tumorseg.fileio import sha256_file
+
+    for winner in [m for m in TINY if m != result["best"]] + [result["best"]]:
+        weights = sha256_file(tmp_path / "models" / winner / "model.safetensors")
+        assert set_champion(settings, winner, weights, rivals=list(TINY)) == f"models:/{registered_name(winner)}@{CHAMPION_ALIAS}"
+        assert champion_holders(client, list(TINY)) == {winner: "1"}

@@ -169,8 +169,9 @@ def log_test_metrics(settings: MlflowSettings, model: str, weights_sha256: str, 
         return active.info.run_id
 
 
-def set_champion(settings: MlflowSettings, model: str, weights_sha256: str) -> str | None:
-    """Give the registered version trained from these weights the alias ``champion``."""
+def set_champion(settings: MlflowSettings, model: str, weights_sha256: str, rivals: list[str] = ()) -> str | None:
+    """Give the registered version trained from these weights the alias ``champion``, and take it from the
+    ``rivals`` (the other compared models), so exactly one model version is the champion at any time."""
     if not (settings.enabled and settings.register):
         return None
     mlflow = _mlflow(settings)
@@ -185,4 +186,21 @@ def set_champion(settings: MlflowSettings, model: str, weights_sha256: str) -> s
         return None
     version = max(versions, key=lambda v: int(v.version))
     client.set_registered_model_alias(registered_name(model), CHAMPION_ALIAS, version.version)
+    for rival in rivals:
+        if rival != model and rival in champion_holders(client, [rival]):
+            client.delete_registered_model_alias(registered_name(rival), CHAMPION_ALIAS)
+            log.info("champion moved from %s to %s", registered_name(rival), registered_name(model))
     return f"models:/{registered_name(model)}@{CHAMPION_ALIAS}"
+
+
+def champion_holders(client, models: list[str]) -> dict[str, str]:
+    """{model: version} of the given models' registered versions that carry the alias ``champion``."""
+    from mlflow.exceptions import MlflowException
+
+    holders = {}
+    for model in models:
+        try:
+            holders[model] = client.get_model_version_by_alias(registered_name(model), CHAMPION_ALIAS).version
+        except MlflowException:  # no such registered model, or no version with the alias
+            pass
+    return holders

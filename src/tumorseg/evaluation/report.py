@@ -195,7 +195,10 @@ def run_report(models: list[str], metrics_dir: Path, models_dir: Path, evaluatio
     baseline = flair_threshold_baseline(store_dir, split)
     # The champion is chosen on the validation patients (never on test): best post-processed lesion-wise mean Dice.
     best = max(models, key=lambda m: (validation[m]["lesion_dice_mean"], validation[m]["dice_mean"]))
-    champion = set_champion(mlflow_settings, best, sha256_file(Path(models_dir) / best / WEIGHTS_FILE))
+    from tumorseg.models import MODEL_NAMES
+
+    champion = set_champion(mlflow_settings, best, sha256_file(Path(models_dir) / best / WEIGHTS_FILE),
+                            rivals=sorted(set(models) | set(MODEL_NAMES)))
     alias = f"MLflow alias `champion` on `tumorseg-{best}`" if champion else "no MLflow alias set: tracking or registration is off"
     lines = [f"# Model comparison on the test patients ({metrics[models[0]]['n_patients']} patients)", "",
              comparison_table(metrics, baseline), "",
