@@ -3,6 +3,7 @@ registered versions, the test metrics from evaluate in the same runs, and the ch
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -76,12 +77,17 @@ def test_three_trainings_land_in_mlflow(tiny_pipeline, tmp_path, mlflow_server):
 
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("tumorseg-test")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development", "opens as model training, not GenAI"
     runs = client.search_runs([experiment.experiment_id])
+    manifest_digest = hashlib.sha256((root / "manifest.parquet").read_bytes()).hexdigest()[:12]
     assert sorted(r.info.run_name for r in runs) == sorted(TINY)
     for run in runs:
         name = run.info.run_name
         assert run.data.params["models." + name + ".lr"] == str(TINY[name].lr)
         assert run.data.tags[TAG_WEIGHTS] and run.data.tags["tumorseg.dvc_stage"] == f"train@{name}"
+        [dataset] = run.inputs.dataset_inputs  # the Dataset column: what the run trained on
+        assert (dataset.dataset.name, dataset.dataset.digest) == ("manifest", manifest_digest)
+        assert [t.value for t in dataset.tags if t.key == "mlflow.data.context"] == ["training"]
         history = client.get_metric_history(run.info.run_id, "val_dice_mean")
         assert [m.step for m in history] == [1, 2]
         assert 0.0 <= run.data.metrics["test_dice_WT"] <= 1.0 and "test_hd95_WT" in run.data.metrics

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ TAG_DATA = "tumorseg.data_manifest_sha256"
 TAG_COMMIT = "mlflow.source.git.commit"
 TAG_STAGE = "tumorseg.dvc_stage"
 CHAMPION_ALIAS = "champion"
+# MLflow 3 opens an experiment without a kind in its GenAI view; this tag makes it open as model training.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+DATASET_NAME = "manifest"  # the training data as each run's MLflow input: the manifest (per-file sha256), by its digest
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,11 @@ def _mlflow(settings: MlflowSettings):
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(settings))
-    if mlflow.get_experiment_by_name(settings.experiment) is None:
-        mlflow.create_experiment(settings.experiment)
+    experiment = mlflow.get_experiment_by_name(settings.experiment)
+    if experiment is None:
+        mlflow.create_experiment(settings.experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    elif EXPERIMENT_KIND_TAG not in experiment.tags:  # made by an older tumorseg; a kind the user chose stays
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(settings.experiment)
     return mlflow
 
@@ -83,7 +90,8 @@ def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
 class TrainingRun:
     """An MLflow run for one model's training; a no-op when ``mlflow.enabled`` is false."""
 
-    def __init__(self, settings: MlflowSettings, model: str, params: dict[str, Any], tags: dict[str, str]):
+    def __init__(self, settings: MlflowSettings, model: str, params: dict[str, Any], tags: dict[str, str],
+                 manifest_path: Path | None = None):
         self.settings, self.model = settings, model
         self.run = None
         if not settings.enabled:
@@ -93,7 +101,22 @@ class TrainingRun:
         all_tags = {TAG_MODEL: model, TAG_COMMIT: git_commit(), TAG_STAGE: os.environ.get("DVC_STAGE", f"train@{model}")} | tags
         self.run = self.mlflow.start_run(run_name=model, tags=all_tags)
         self.mlflow.log_params({k: str(v)[:6000] for k, v in flatten("", params, {}).items()})
+        if manifest_path is not None and Path(manifest_path).is_file():
+            self.log_dataset(Path(manifest_path))
         log.info("MLflow run %s (%s) at %s", self.run.info.run_id, model, tracking_uri(settings))
+
+    def log_dataset(self, manifest_path: Path) -> None:
+        """The manifest as the run's training input, named by its sha256 (the Dataset column of the runs table)."""
+        import mlflow.data
+        import pandas as pd
+
+        from tumorseg.fileio import sha256_file
+
+        with warnings.catch_warnings():  # MLflow's notes on a local path's source kind and on integer columns: not ours to act on
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(pd.read_parquet(manifest_path), source=manifest_path.as_posix(), name=DATASET_NAME,
+                                              digest=sha256_file(manifest_path)[:12])
+            self.mlflow.log_input(dataset, context="training")
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.run:

@@ -183,7 +183,7 @@ def train_model(
               "amp": str(amp_dtype), "torch": torch.__version__, "parameters": count_parameters(model),
               "train_slices": len(train_bank), "val_slices": len(val_bank)}
     tags = {TAG_DATA: sha256_file(manifest_path) if manifest_path and Path(manifest_path).is_file() else "unknown"}
-    run = TrainingRun(mlflow_settings or MlflowSettings(enabled=False), name, params, tags)
+    run = TrainingRun(mlflow_settings or MlflowSettings(enabled=False), name, params, tags, manifest_path)
     if state is not None:
         for rec in history:  # a resumed run re-logs the epochs it inherited, so its curves are whole
             run.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=rec["epoch"])
