@@ -98,16 +98,22 @@ def _broken_copy(case, tmp_path, how):
     else:
         img = nib.load(target)
         data = np.asanyarray(img.dataobj).astype(np.float32)
+        affine = img.affine.copy()
         if how == "shape":
             data = data[:-2]
+        elif how == "flipped":
+            affine[0] *= -1  # x runs the other way: R -> L
+        elif how == "shifted":
+            affine[:3, 3] += 0.5  # half a millimetre off the other sequences' grid
         else:
             data[1, 1, 1] = np.nan
-        nib.save(nib.Nifti1Image(data, img.affine), target)
+        nib.save(nib.Nifti1Image(data, affine), target)
     return folder, target
 
 
 @pytest.mark.parametrize("how, message", [("missing", "missing sequence(s) t2w"), ("not_nifti", "not a readable NIfTI"),
-                                          ("shape", "disagrees"), ("nan", "non-finite")])
+                                          ("shape", "disagrees"), ("nan", "non-finite"), ("flipped", "orientation RPS differs"),
+                                          ("shifted", "affine differs from")])
 def test_bad_input_names_the_file_exits_2_and_writes_nothing(trained, tmp_path, how, message):
     root, model_dir, _ = trained
     case = discover_cases(root / "raw")[0]
@@ -117,6 +123,34 @@ def test_bad_input_names_the_file_exits_2_and_writes_nothing(trained, tmp_path, 
     assert message in result.output
     assert (target.name if how != "missing" else str(folder)) in result.output
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_label_map_keeps_the_inputs_qform_and_sform(trained, tmp_path):
+    """A scanner file whose qform and sform differ (and whose qform code is 'scanner', sform 'aligned') comes back
+    with both as they were."""
+    root, model_dir, _ = trained
+    case = discover_cases(root / "raw")[0]
+    folder = tmp_path / "in" / case.case_id
+    shutil.copytree(case.path, folder)
+    qform = nib.load(folder / f"{case.case_id}-t1n.nii.gz").affine.copy()
+    sform = qform.copy()
+    sform[:3, 3] += [1.0, -2.0, 0.5]
+    for seq in ("t1n", "t1c", "t2w", "t2f"):
+        path = folder / f"{case.case_id}-{seq}.nii.gz"
+        img = nib.load(path)
+        out = nib.Nifti1Image(np.asanyarray(img.dataobj), sform)
+        out.set_qform(qform, 1)
+        out.set_sform(sform, 2)
+        nib.save(out, path)
+    result = _invoke("predict", folder, "--model", model_dir, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    written = nib.load(tmp_path / "out" / f"{case.case_id}-seg.nii.gz")
+    source = nib.load(folder / f"{case.case_id}-t1n.nii.gz")
+    for form in ("qform", "sform"):
+        got, code = getattr(written, f"get_{form}")(coded=True)
+        want, want_code = getattr(source, f"get_{form}")(coded=True)
+        assert int(code) == int(want_code) and np.allclose(got, want, atol=1e-5), form
+    assert not np.allclose(written.get_qform(), written.get_sform()), "two different forms kept apart"
 
 
 def test_model_from_the_mlflow_registry(trained, tmp_path, monkeypatch):

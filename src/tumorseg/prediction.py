@@ -22,6 +22,9 @@ from tumorseg.evaluation.postprocess import PostprocessRules
 log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# The four sequences must lie on one voxel grid: affines equal within this (mm, and unitless for the rotation part);
+# co-registered BraTS volumes agree exactly, float32 round-off stays far below it.
+AFFINE_TOLERANCE = 1e-3
 LABEL_SUFFIX = "-seg.nii.gz"
 
 
@@ -81,6 +84,21 @@ def case_from_files(t1n: Path, t1c: Path, t2w: Path, t2f: Path, case_id: str | N
     return CaseInput(case_id, files)
 
 
+def _check_same_grid(img, path: Path, reference, reference_path: Path) -> None:
+    """A sequence on another grid than the first (orientation, voxel size or position) would be stacked voxel by
+    voxel with the wrong anatomy: refused, naming both files."""
+    import nibabel as nib
+
+    codes, ref_codes = nib.aff2axcodes(img.affine), nib.aff2axcodes(reference.affine)
+    if codes != ref_codes:
+        raise InputError(f"{path}: orientation {''.join(codes)} differs from {reference_path} ({''.join(ref_codes)}); "
+                         f"resample the sequences onto one grid (e.g. the BraTS SRI-24 template) first")
+    if not np.allclose(img.affine, reference.affine, rtol=0, atol=AFFINE_TOLERANCE):
+        diff = float(np.abs(img.affine - reference.affine).max())
+        raise InputError(f"{path}: affine differs from {reference_path} by up to {diff:.4g} (tolerance {AFFINE_TOLERANCE}): "
+                         f"the sequences are not on one voxel grid; co-register them first")
+
+
 def load_case(case: CaseInput):
     """The four volumes as float32 (X, Y, Z) arrays in SEQUENCES order, and the first one's image
     (its affine and header are copied to the output)."""
@@ -108,6 +126,8 @@ def load_case(case: CaseInput):
         shape = data.shape
         if reference is None:
             reference = img
+        else:
+            _check_same_grid(img, path, reference, case.files[SEQUENCES[0]])
         channels.append(data)
     return channels, reference
 
@@ -158,8 +178,11 @@ def write_label_map(labels: np.ndarray, reference, path: Path) -> None:
     header.set_data_dtype(np.uint8)
     header["scl_slope"], header["scl_inter"] = 1.0, 0.0
     img = nib.Nifti1Image(labels.astype(np.uint8), reference.affine, header)
-    img.set_qform(reference.affine, int(reference.header["qform_code"]))
-    img.set_sform(reference.affine, int(reference.header["sform_code"]))
+    # qform and sform as the input had them (they may differ, and either may be unset), not both set to one affine
+    qform, qform_code = reference.get_qform(coded=True)
+    sform, sform_code = reference.get_sform(coded=True)
+    img.set_qform(qform, int(qform_code))
+    img.set_sform(sform, int(sform_code))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:  # the temporary name keeps the .nii.gz suffix, so nibabel compresses
         nib.save(img, tmp)
