@@ -52,6 +52,65 @@ def test_uploads_of_four_files_or_a_zip(tmp_path):
             zf.writestr(f"{SAMPLE_ID}/{name}", data)
     case, mask = support.case_from_uploads([("case.zip", buf.getvalue())], tmp_path / "c")
     assert case.case_id == SAMPLE_ID and mask is not None
+    assert not (tmp_path / "c" / "case.zip").exists(), "the archive is deleted once unpacked"
+
+
+def _zip_of_sample() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in _sample_uploads():
+            zf.writestr(f"{SAMPLE_ID}/{name}", data)
+    return buf.getvalue()
+
+
+def _sessions(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.name.startswith("session-")) if root.exists() else []
+
+
+def test_an_upload_is_written_once_and_replaced_when_it_changes(tmp_path):
+    workspace, reads = support.UploadWorkspace(tmp_path), []
+
+    def read(uploads):
+        return lambda: reads.append(1) or uploads
+
+    first = workspace.case_for(("four files",), read(_sample_uploads()))
+    for _ in range(20):  # reruns (slider moves) with the same upload
+        assert workspace.case_for(("four files",), read(_sample_uploads())) == first
+    assert len(reads) == 1 and len(_sessions(tmp_path)) == 1
+    size = support.folder_bytes(_sessions(tmp_path)[0])
+    assert size == sum(len(d) for _, d in _sample_uploads())
+    workspace.case_for(("a zip",), read([("case.zip", _zip_of_sample())]))  # the upload changed
+    assert len(reads) == 2 and _sessions(tmp_path) == [workspace.folder] and not first[0].files["t1n"].exists()
+    with pytest.raises(InputError):
+        workspace.case_for(("broken",), read([("notes.txt", b"x")]))
+    assert _sessions(tmp_path) == [], "a rejected upload leaves nothing"
+    workspace.case_for(("four files",), read(_sample_uploads()))
+    workspace.clear()
+    assert _sessions(tmp_path) == []
+
+
+def test_a_session_that_ends_leaves_nothing(tmp_path):
+    import gc
+
+    workspace = support.UploadWorkspace(tmp_path)
+    workspace.case_for("k", _sample_uploads)
+    assert len(_sessions(tmp_path)) == 1
+    del workspace  # Streamlit drops a session's state when the session ends
+    gc.collect()
+    assert _sessions(tmp_path) == []
+
+
+def test_all_sessions_together_stay_within_the_disk_bound(tmp_path):
+    upload = _sample_uploads()
+    size = sum(len(d) for _, d in upload)
+    budget_mb = 2.5 * size / 2**20  # room for two sessions' uploads, not three
+    sessions = [support.UploadWorkspace(tmp_path, max_disk_mb=budget_mb) for _ in range(4)]
+    for i, workspace in enumerate(sessions):
+        workspace.case_for(i, lambda: upload)
+        assert support.folder_bytes(tmp_path) <= budget_mb * 2**20
+    assert [w.folder.is_dir() for w in sessions] == [False, False, True, True], "the least recently used went first"
+    case, _ = sessions[0].case_for(0, lambda: upload)  # its owner comes back: written again, still within the bound
+    assert case.files["t1n"].is_file() and support.folder_bytes(tmp_path) <= budget_mb * 2**20
 
 
 @pytest.mark.parametrize("uploads, message", [
@@ -121,7 +180,7 @@ def _free_port() -> int:
 @pytest.fixture()
 def served_app(tiny_models_dir, tmp_path):
     port = _free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TUMORSEG_APP_TMP=str(tmp_path / "uploads"))
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "tumorseg.cli", "app", "--port", str(port), "--address", "127.0.0.1",
                              "--models-dir", str(tiny_models_dir)], env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -194,13 +253,34 @@ def test_in_a_real_browser(served_app, tmp_path):
         assert set(np.unique(labels).tolist()) <= {0, 1, 2, 3}
         page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
 
-        # a broken upload gives a message in the page, not a stack trace
+        # an upload is written to disk once, however often the page reruns (here: 20 slider moves)
         page.get_by_text("Upload", exact=True).click()
+        page.locator("input[type=file]").set_input_files([str(p) for p in sorted(SAMPLE.iterdir())])
+        uploads = tmp_path / "uploads"
+        deadline = time.time() + 60
+        while not _sessions(uploads) and time.time() < deadline:  # the page reruns once the files arrived
+            time.sleep(0.5)
+        [folder] = _sessions(uploads)
+        page.get_by_role("button", name="Run segmentation").click()
+        expect(page.get_by_text("Segmenting every slice")).to_have_count(0, timeout=120_000)
+        expect(page.get_by_text(f"{SAMPLE_ID} - unet")).to_be_visible()
+        start = int(page.get_by_text("Predicted regions, slice").inner_text().rsplit(" ", 1)[1])
+        step, target = ("ArrowLeft", start - 20) if start >= 20 else ("ArrowRight", start + 20)
+        page.get_by_role("slider").focus()
+        for _ in range(20):
+            page.keyboard.press(step)
+            time.sleep(0.1)
+        expect(page.get_by_text(f"Predicted regions, slice {target}")).to_be_visible(timeout=30_000)
+        assert _sessions(uploads) == [folder], "one folder for the session's one upload"
+        assert support.folder_bytes(uploads) == sum(p.stat().st_size for p in SAMPLE.iterdir())
+
+        # a broken upload gives a message in the page, not a stack trace (and replaces the previous upload's files)
         broken = tmp_path / "broken-t1n.nii.gz"
         broken.write_bytes(b"not an image")
         page.locator("input[type=file]").set_input_files(str(broken))
         expect(page.get_by_text("Cannot use this upload")).to_be_visible(timeout=30_000)
         expect(page.get_by_text("Traceback")).to_have_count(0)
+        assert _sessions(uploads) == [], "the rejected upload left nothing, and the previous one is gone"
         page.screenshot(path=str(tmp_path / "app-upload-error.png"), full_page=True)
         browser.close()
     assert (tmp_path / "app.png").stat().st_size > 10_000

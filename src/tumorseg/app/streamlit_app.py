@@ -7,7 +7,6 @@ shown as messages in the page, never as a stack trace.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,19 @@ MODELS_DIR = Path(os.environ.get("TUMORSEG_MODELS_DIR", "models"))
 SEQUENCE_NAMES = {"t1n": "T1 (native)", "t1c": "T1 + contrast", "t2w": "T2", "t2f": "T2-FLAIR"}
 
 
+@st.cache_resource(show_spinner=False)
+def device_and_precision():
+    """The GPU when there is one (bf16 autocast there, as the pipeline), else the CPU in fp32."""
+    from tumorseg.models.runtime import pick_amp_dtype, pick_device
+
+    device = pick_device("auto")
+    return device, pick_amp_dtype("auto", device)
+
+
 @st.cache_resource(show_spinner="Loading the model...")
 def cached_model(ref: str):
     """Loaded once per model and server (not once per click)."""
-    return load_predictor(ref, MODELS_DIR)
+    return load_predictor(ref, MODELS_DIR, device_and_precision()[0])
 
 
 def available_models() -> list[str]:
@@ -33,18 +41,19 @@ def available_models() -> list[str]:
     return trained + (["ensemble"] if len(trained) == len(MODEL_NAMES) else [])
 
 
-def segment(case, mask_path, model_ref: str) -> dict:
+def segment(case, mask_path, model_ref: str, tta: bool) -> dict:
     channels, reference = load_case(case)
     mask = support.load_mask_for(channels[0].shape, mask_path)
     spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])
     predictor = cached_model(model_ref)
-    labels = predictor.predict(channels, spacing)
+    device, amp_dtype = device_and_precision()
+    labels = predictor.predict(channels, spacing, device=device, amp_dtype=amp_dtype, tta="all" if tta else "none")
     return {"case_id": case.case_id, "channels": channels, "labels": labels, "mask": mask, "model": model_ref,
-            "postprocess": predictor.rules_source, "spacing": spacing,
+            "postprocess": predictor.rules_source, "spacing": spacing, "tta": tta, "device": str(device),
             "download": label_map_bytes(labels, reference)}
 
 
-def sidebar() -> tuple[str | None, object | None, Path | None]:
+def sidebar() -> tuple[str | None, object | None, Path | None, bool]:
     st.sidebar.header("Patient")
     source = st.sidebar.radio("Source", ["Sample patient", "Upload"], key="source")
     case = mask = None
@@ -57,26 +66,33 @@ def sidebar() -> tuple[str | None, object | None, Path | None]:
         files = st.sidebar.file_uploader(
             f"The four NIfTI files (t1n, t1c, t2w, t2f; a -seg mask optional) or one .zip of a case folder; "
             f"at most {support.MAX_UPLOAD_MB} MB", accept_multiple_files=True, key="upload")
+        workspace = st.session_state.setdefault("uploads", support.UploadWorkspace())
         if files:
-            workdir = Path(tempfile.mkdtemp(prefix="tumorseg-upload-"))
+            key = tuple((f.name, f.size, f.file_id) for f in files)
             try:
-                case, mask = support.case_from_uploads([(f.name, f.getvalue()) for f in files], workdir)
+                case, mask = workspace.case_for(key, lambda: [(f.name, f.getvalue()) for f in files])
             except InputError as exc:
                 st.error(f"Cannot use this upload: {exc}")
+        else:
+            workspace.clear()  # the upload was removed: so are its files
     st.sidebar.header("Model")
     models = available_models()
     if not models:
         st.sidebar.error(f"No trained model in {MODELS_DIR}/: run `dvc repro` first")
-        return None, case, mask
+        return None, case, mask, False
     model = st.sidebar.selectbox("Model", models, index=models.index("resnet_unet") if "resnet_unet" in models else 0, key="model")
-    return model, case, mask
+    tta = st.sidebar.checkbox("Test-time augmentation", value=True, key="tta",
+                              help="Average the four in-plane mirrorings, as the pipeline's evaluation does (4x the time)")
+    st.sidebar.caption(f"Runs on {device_and_precision()[0]}")
+    return model, case, mask, tta
 
 
 def show(result: dict) -> None:
     channels, labels, mask = result["channels"], result["labels"], result["mask"]
     st.subheader(f"{result['case_id']} - {result['model']}")
-    st.caption(f"Post-processing fitted on the validation patients: {result['postprocess']}" if result.get("postprocess")
-               else "No post-processing applied (none fitted for this model)")
+    st.caption((f"Post-processing fitted on the validation patients: {result['postprocess']}" if result.get("postprocess")
+                else "No post-processing applied (none fitted for this model)")
+               + f"; test-time augmentation {'on' if result['tta'] else 'off'}; {result['device']}")
     depth = labels.shape[2]
     z = st.slider("Axial slice", 0, depth - 1, support.most_tumour_slice(labels), key="slice")
     seq = st.selectbox("Sequence shown", SEQUENCES, index=SEQUENCES.index("t2f"), format_func=SEQUENCE_NAMES.get, key="sequence")
@@ -108,11 +124,11 @@ def main() -> None:
     st.set_page_config(page_title="tumorseg", layout="wide")
     st.title("Brain-tumour segmentation")
     st.caption("BraTS regions: WT = whole tumour, TC = tumour core, ET = enhancing tumour. Research use only.")
-    model, case, mask = sidebar()
+    model, case, mask, tta = sidebar()
     if model and case is not None and st.sidebar.button("Run segmentation", type="primary", key="run"):
         with st.spinner("Segmenting every slice..."):
             try:
-                st.session_state["result"] = segment(case, mask, model)
+                st.session_state["result"] = segment(case, mask, model, tta)
             except InputError as exc:
                 st.session_state.pop("result", None)
                 st.error(f"Cannot segment this patient: {exc}")

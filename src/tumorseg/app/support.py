@@ -6,7 +6,13 @@ Kept apart from the page so it is unit-tested directly; the page only lays thing
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import tempfile
+import time
+import weakref
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +23,10 @@ from tumorseg.prediction import NIFTI_SUFFIXES, CaseInput, InputError, case_from
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 MAX_UPLOAD_MB = 200  # per upload, all files together; a BraTS case is ~15 MB compressed
+# All sessions' uploads on disk together (a .zip is unpacked, up to 4x, and then deleted); the least recently used go first.
+MAX_DISK_MB = int(os.environ.get("TUMORSEG_APP_MAX_DISK_MB", "2000"))
+MAX_AGE_S = 6 * 3600  # a session folder unused this long is left over from a session that ended without cleaning up
+UPLOADS_ROOT = Path(os.environ.get("TUMORSEG_APP_TMP") or Path(tempfile.gettempdir()) / "tumorseg-app")
 # Overlay colours per BraTS label (1 necrotic core, 2 edema, 3 enhancing), as in the BraTS papers' figures.
 LABEL_COLOURS = {1: (220, 40, 40), 2: (60, 200, 60), 3: (250, 220, 40)}
 
@@ -53,6 +63,8 @@ def case_from_uploads(uploads: list[tuple[str, bytes]], workdir: Path) -> tuple[
             unpack_archive(archive, target, max_bytes=4 * MAX_UPLOAD_MB * 2**20)
         except (UnsafeArchiveError, ValueError, OSError) as exc:
             raise InputError(f"{names[0]}: cannot unpack ({exc})") from None
+        finally:
+            archive.unlink()  # the unpacked files are what is read; the archive would only double the disk used
         folders = sorted({p.parent for p in target.rglob("*") if p.is_file() and p.name.endswith(NIFTI_SUFFIXES)})
         if len(folders) != 1:
             raise InputError(f"{names[0]}: expected one case folder with the four NIfTI files, found {len(folders)} folders")
@@ -67,6 +79,65 @@ def case_from_uploads(uploads: list[tuple[str, bytes]], workdir: Path) -> tuple[
             (folder / name).write_bytes(data)
     case = case_from_folder(folder)
     return case, mask_file(folder)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+class UploadWorkspace:
+    """One browser session's upload on disk. Written once per distinct upload (the page reruns on every widget
+    change, e.g. each slider move, and reuses it), replaced when the upload changes, removed when the session's
+    state is dropped (the session ended) or the server exits. All sessions' folders under ``root`` stay within
+    ``max_disk_mb``: before writing, folders unused for ``MAX_AGE_S`` and then the least recently used are removed
+    (a session whose folder went writes it again from the upload Streamlit still holds)."""
+
+    def __init__(self, root: Path | None = None, max_disk_mb: int | None = None):
+        self.root = Path(root or UPLOADS_ROOT)
+        self.max_bytes = (max_disk_mb or MAX_DISK_MB) * 2**20
+        self.key: object = None
+        self.folder: Path | None = None
+        self.case: tuple[CaseInput, Path | None] | None = None
+        self._remove: weakref.finalize | None = None
+
+    def case_for(self, key: object, read: Callable[[], list[tuple[str, bytes]]]) -> tuple[CaseInput, Path | None]:
+        """The case of the upload ``key`` identifies (e.g. names, sizes and Streamlit file ids); ``read()`` gives its
+        (name, bytes) and is called only when the files must be written."""
+        if key == self.key and self.folder is not None and self.folder.is_dir():
+            os.utime(self.folder)  # recently used
+            return self.case
+        self.clear()
+        uploads = read()
+        incoming = sum(len(data) for _, data in uploads)
+        is_zip = len(uploads) == 1 and uploads[0][0].lower().endswith(".zip")
+        self.root.mkdir(parents=True, exist_ok=True)
+        make_room(self.root, self.max_bytes - incoming * (5 if is_zip else 1))
+        self.folder = Path(tempfile.mkdtemp(prefix="session-", dir=self.root))
+        self._remove = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
+        try:
+            self.case = case_from_uploads(uploads, self.folder)
+        except BaseException:
+            self.clear()
+            raise
+        self.key = key
+        return self.case
+
+    def clear(self) -> None:
+        if self._remove is not None:
+            self._remove()
+        self.key = self.folder = self.case = self._remove = None
+
+
+def make_room(root: Path, budget_bytes: int) -> None:
+    """Remove session folders under ``root``: those unused for MAX_AGE_S, then the least recently used until the
+    rest fit in ``budget_bytes``."""
+    folders = sorted((p for p in Path(root).iterdir() if p.is_dir() and p.name.startswith("session-")), key=lambda p: p.stat().st_mtime)
+    now, sizes = time.time(), {p: folder_bytes(p) for p in folders}
+    total = sum(sizes.values())
+    for folder in folders:
+        if now - folder.stat().st_mtime > MAX_AGE_S or total > budget_bytes:
+            shutil.rmtree(folder, ignore_errors=True)
+            total -= sizes[folder]
 
 
 def load_mask_for(case_shape: tuple[int, ...], path: Path | None) -> np.ndarray | None:
