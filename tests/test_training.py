@@ -161,3 +161,96 @@ def test_non_finite_loss_stops_with_epoch_and_step(tiny_pipeline, monkeypatch):
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 1, step 1"):
         _train(tiny_pipeline, "nan", train=TrainSettings(epochs=1, samples_per_epoch=16, device="cpu"))
     assert not (tiny_pipeline / "nan" / "model" / "model.safetensors").exists()
+
+
+def _kill_after_two_epochs(monkeypatch):
+    import tumorseg.training.loop as loop
+
+    real_validate, calls = loop.validate, {"n": 0}
+
+    def killed(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill during epoch 3")
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "validate", killed)
+    return lambda: monkeypatch.setattr(loop, "validate", real_validate)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", ["nothing", "slice store", "preprocess params", "code"])
+def test_a_killed_training_resumes_only_if_its_inputs_are_unchanged(tiny_pipeline, tmp_path, monkeypatch, caplog, change):
+    import shutil
+    import sys
+    import types
+
+    store = tmp_path / "pre"
+    shutil.copytree(tiny_pipeline / "pre", store)
+    preprocess = {"crop": "brain", "normalize": "minmax"}
+
+    def run(preprocess_config):
+        return train_model("unet", TRAIN, UNET, store, tiny_pipeline / "split.parquet", tmp_path / "model", tmp_path / "ckpt",
+                           preprocess_config=preprocess_config)
+
+    restore = _kill_after_two_epochs(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run(preprocess)
+    restore()
+    assert (tmp_path / "ckpt" / checkpoint.RESUME_FILE).is_file()
+    if change == "slice store":  # e.g. preprocessing rerun with other settings by hand, outside DVC
+        victim = sorted(store.glob("*.image.npy"))[0]
+        np.save(victim, np.load(victim) * 0.5)
+    elif change == "preprocess params":
+        preprocess = {"crop": "brain", "normalize": "zscore"}
+    elif change == "code":  # a tumorseg module the training runs was edited after the kill
+        source = tmp_path / "edited.py"
+        source.write_text("X = 2\n")
+        monkeypatch.setitem(sys.modules, "tumorseg._edited_after_the_kill", types.SimpleNamespace(__file__=str(source)))
+    with caplog.at_level("INFO"):
+        run(preprocess)
+    resumed = "resuming unet" in caplog.text
+    assert resumed == (change == "nothing"), caplog.text[-2000:]
+    if not resumed:
+        assert "saved for other params, data or code; training from scratch" in caplog.text
+
+
+def test_code_digest_follows_the_loaded_modules_source(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    source = tmp_path / "probe.py"
+    source.write_text("A = 1\n")
+    monkeypatch.setitem(sys.modules, "tumorseg._probe", types.SimpleNamespace(__file__=str(source)))
+    before = checkpoint.code_digest()
+    assert checkpoint.code_digest() == before
+    source.write_text("A = 2\n")
+    assert checkpoint.code_digest() != before
+    monkeypatch.setitem(sys.modules, "not_tumorseg_probe", types.SimpleNamespace(__file__=str(source)))
+    assert checkpoint.code_digest() == checkpoint.code_digest()
+
+
+@pytest.mark.slow
+def test_a_resumed_training_continues_its_mlflow_run(tiny_pipeline, tmp_path, monkeypatch):
+    """SIGKILL leaves the run RUNNING; the resumed training continues that run (its id is in the checkpoint)
+    instead of opening a second one, and ends it FINISHED with every epoch's curve point once."""
+    from mlflow import MlflowClient
+
+    from tumorseg.tracking import MlflowSettings
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = MlflowSettings(experiment="resume", tracking_uri=uri, register=False)
+
+    def run():
+        return train_model("unet", TRAIN, UNET, tiny_pipeline / "pre", tiny_pipeline / "split.parquet", tmp_path / "model",
+                           tmp_path / "ckpt", settings)
+
+    restore = _kill_after_two_epochs(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    restore()
+    run()
+    client = MlflowClient(uri)
+    [only] = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    assert only.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(only.info.run_id, "val_dice_mean")] == [1, 2, 3]

@@ -91,13 +91,20 @@ class TrainingRun:
     """An MLflow run for one model's training; a no-op when ``mlflow.enabled`` is false."""
 
     def __init__(self, settings: MlflowSettings, model: str, params: dict[str, Any], tags: dict[str, str],
-                 manifest_path: Path | None = None):
+                 manifest_path: Path | None = None, resume_run_id: str | None = None):
         self.settings, self.model = settings, model
-        self.run = None
+        self.run, self.resumed = None, False
         if not settings.enabled:
             log.info("MLflow tracking disabled (mlflow.enabled: false)")
             return
         self.mlflow = _mlflow(settings)
+        if resume_run_id:  # a killed training continues its own run (left RUNNING by a SIGKILL, KILLED otherwise)
+            try:
+                self.run, self.resumed = self.mlflow.start_run(run_id=resume_run_id), True
+                log.info("MLflow run %s (%s) continued after the resume", resume_run_id, model)
+                return
+            except Exception as exc:  # e.g. another tracking database now: a new run, said so
+                log.warning("MLflow run %s of the killed training cannot be continued (%s); starting a new run", resume_run_id, exc)
         all_tags = {TAG_MODEL: model, TAG_COMMIT: git_commit(), TAG_STAGE: os.environ.get("DVC_STAGE", f"train@{model}")} | tags
         self.run = self.mlflow.start_run(run_name=model, tags=all_tags)
         self.mlflow.log_params({k: str(v)[:6000] for k, v in flatten("", params, {}).items()})
@@ -154,6 +161,10 @@ class TrainingRun:
             model, name="model", signature=signature, input_example=input_example.astype(np.float32),
             registered_model_name=name, pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
         )
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.info.run_id if self.run else None
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run:

@@ -2,8 +2,10 @@
 
 ``checkpoints/<model>/last.pt`` (git- and DVC-ignored, kept between runs) holds everything needed
 to continue a killed training exactly where it stopped; written atomically after every epoch and
-deleted when training completes. It carries a fingerprint of the params and data, and is ignored
-(with a message) when they changed. The final model files are ``tumorseg.models.io``.
+deleted when training completes. It carries a fingerprint of what the training depends on: its params
+(preprocessing included), the split, the slice store's content and the source of the tumorseg code it
+runs (hashed when training starts: a killed run never updates dvc.lock, so the lock cannot say); it is
+ignored, with a message, when any of them changed. The final model files are ``tumorseg.models.io``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,29 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def folder_digest(folder: Path) -> str:
+    """The content of every file under ``folder`` (names relative to it), e.g. the slice store."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return fingerprint([(p.relative_to(folder).as_posix(), file_digest(p)) for p in files])
+
+
+def code_digest(package: str = "tumorseg") -> str:
+    """The source of every module of ``package`` loaded now: the code this training runs (call it once the model's
+    module is imported). An edit to any of them, e.g. the architecture or the loop, means a fresh start."""
+    files = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if (name == package or name.startswith(package + ".")) and path and Path(path).is_file():
+            files[name] = file_digest(Path(path))
+    return fingerprint(sorted(files.items()))
+
+
 def save_resume_state(folder: Path, state: dict) -> None:
     with atomic_file(Path(folder) / RESUME_FILE) as tmp:
         torch.save(state, tmp)
@@ -43,7 +69,7 @@ def load_resume_state(folder: Path, expected_fingerprint: str) -> dict | None:
         log.warning("%s: unreadable checkpoint (%s); training from scratch", path, exc)
         return None
     if state.get("fingerprint") != expected_fingerprint:
-        log.warning("%s: saved for other params or data; training from scratch", path)
+        log.warning("%s: saved for other params, data or code; training from scratch", path)
         return None
     return state
 

@@ -167,8 +167,8 @@ def train_model(
     total_steps = steps_per_epoch * epochs
 
     split_sha = sha256_file(split_path)
-    fp = checkpoint.fingerprint(name, asdict(train), asdict(model_cfg), split_sha,
-                                sha256_file(Path(store_dir) / "slice_index.parquet"), torch.__version__)
+    fp = checkpoint.fingerprint(name, asdict(train), asdict(model_cfg), preprocess_config or {}, split_sha,
+                                checkpoint.folder_digest(store_dir), checkpoint.code_digest(), torch.__version__)
     state = checkpoint.load_resume_state(checkpoint_dir, fp)
     history: list[dict] = []
     best = {"score": -1.0, "epoch": -1, "state": None}
@@ -183,9 +183,10 @@ def train_model(
               "amp": str(amp_dtype), "torch": torch.__version__, "parameters": count_parameters(model),
               "train_slices": len(train_bank), "val_slices": len(val_bank)}
     tags = {TAG_DATA: sha256_file(manifest_path) if manifest_path and Path(manifest_path).is_file() else "unknown"}
-    run = TrainingRun(mlflow_settings or MlflowSettings(enabled=False), name, params, tags, manifest_path)
-    if state is not None:
-        for rec in history:  # a resumed run re-logs the epochs it inherited, so its curves are whole
+    run = TrainingRun(mlflow_settings or MlflowSettings(enabled=False), name, params, tags, manifest_path,
+                      resume_run_id=state.get("mlflow_run_id") if state is not None else None)
+    if state is not None and not run.resumed:
+        for rec in history:  # a new run for a resumed training re-logs the epochs it inherited, so its curves are whole
             run.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=rec["epoch"])
     log.info("training %s: %d params, device %s, autocast %s, %d train / %d val slices, %d epochs x %d steps of %d",
              name, count_parameters(model), device, amp_dtype, len(train_bank), len(val_bank), epochs, steps_per_epoch, model_cfg.batch_size)
@@ -241,7 +242,7 @@ def train_model(
                      val["val_dice_ET"], val["val_dice_mean"], " *best*" if improved else "", seen / train_seconds)
             checkpoint.save_resume_state(checkpoint_dir, {
                 "fingerprint": fp, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "history": history, "best": best, "bad_epochs": bad_epochs,
+                "history": history, "best": best, "bad_epochs": bad_epochs, "mlflow_run_id": run.run_id,
             })
             if train.patience and bad_epochs >= train.patience:
                 log.info("%s: early stop after epoch %d (no validation improvement for %d epochs)", name, epoch + 1, bad_epochs)
