@@ -61,6 +61,10 @@ def test_workflow_runs_the_project_commands():
     for command in ("dvc pull --run-cache", "dvc repro", "dvc push --run-cache", "tumorseg ci-report", "GITHUB_STEP_SUMMARY", "gh pr comment"):
         assert command in cpu
     assert flow["jobs"]["gpu"]["runs-on"] == ["self-hosted", "gpu"]
+    gpu = "\n".join(step.get("run", "") for step in flow["jobs"]["gpu"]["steps"])
+    # like with like: the real-data run against the real-data baseline, never against the synthetic metrics of the base
+    assert "tumorseg ci-report --base-metrics baselines/brats-africa" in gpu and "--base " not in gpu
+    assert "TUMORSEG_RESNET34_WEIGHTS" in gpu and "models.resnet_unet.arch.pretrained=true" in gpu
     text = WORKFLOW.read_text()
     assert "echo $" not in text and "set -x" not in text  # secrets are never echoed
 
@@ -129,3 +133,27 @@ def test_retrain_report_push_and_pull(tmp_path):
     assert (second / "models/unet/model.safetensors").read_bytes() == (repo / "models/unet/model.safetensors").read_bytes()
     again = run_cmd(dvc + ["repro"], second, env)
     assert not ran_stages(again) and "Data and pipelines are up to date" in again
+
+
+def test_a_real_data_run_is_compared_with_a_baseline_of_the_same_data(tmp_path):
+    """The GPU job's report: this run's metrics against a baseline folder of real-data metrics, never the synthetic
+    metrics/*.json on the base branch; a baseline scored on other patients is flagged; a missing one is said."""
+    from tumorseg.ci_report import build_report
+
+    (tmp_path / "metrics").mkdir()
+    baseline = tmp_path / "baselines" / "brats-africa"
+    baseline.mkdir(parents=True)
+    for model in MODELS:
+        metrics = json.loads((REPO_ROOT / "metrics" / f"{model}.json").read_text())
+        (tmp_path / "metrics" / f"{model}.json").write_text(json.dumps(metrics))
+        metrics["dice_WT"] -= 0.05
+        (baseline / f"{model}.json").write_text(json.dumps(metrics))
+    report = build_report("unused", repo=tmp_path, base_metrics=Path("baselines/brats-africa"))
+    assert "against the baseline in `baselines/brats-africa`" in report and "Not comparable" not in report
+    unet_wt = next(line for line in report.splitlines() if line.startswith("| WT |"))
+    assert "| +0.050 🟢 |" in unet_wt
+    other = json.loads((baseline / "unet.json").read_text())
+    other["n_patients"] = 22
+    (baseline / "unet.json").write_text(json.dumps(other))
+    assert "**Not comparable**" in build_report("unused", repo=tmp_path, base_metrics=Path("baselines/brats-africa"))
+    assert "No baseline in `baselines/none` yet" in build_report("unused", repo=tmp_path, base_metrics=Path("baselines/none"))

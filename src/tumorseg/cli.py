@@ -185,13 +185,15 @@ def app_command(
 @app.command("ci-report")
 def ci_report(
     base: str = typer.Option("main", help="The git revision to compare with (the pull request's base branch)."),
+    base_metrics: Path = typer.Option(None, help="Compare with the metrics/<model>.json files in this folder instead of BASE "
+                                                 "(a baseline of the same data, e.g. baselines/brats-africa for the real-data run)."),
     out: Path = typer.Option(None, help="Also write the markdown here (for the PR comment and the job summary)."),
 ) -> None:
     """Markdown for CI: each model's test Dice and HD95 per region against BASE (dvc metrics diff), plus the report stage's table."""
     from tumorseg.ci_report import CiReportError, build_report
 
     try:
-        text = build_report(base)
+        text = build_report(base, base_metrics=base_metrics)
     except CiReportError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
