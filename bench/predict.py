@@ -6,7 +6,12 @@ every slice with brain in batches, write the label map. The models are the pipel
 does not limit the input. The original project promised "under 5 minutes"; the target here is
 resnet_unet under 15 s on 2 cores.
 
+With `--runtime both`, every model also runs from its ONNX export (`tumorseg export <model>`, done here into a
+temporary copy of each model folder) through ONNX Runtime on the CPU, in the same run, same patient and batch, and
+the ratio to PyTorch is printed (ratios from one run: these machines are noisy).
+
     python bench/predict.py --repeats 3 --out bench/results/predict.md
+    python bench/predict.py --repeats 3 --runtime both --out bench/results/predict_onnx.md
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -60,23 +66,44 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--tta", default="none", choices=["none", "lr", "all"], help="as `tumorseg predict --tta`")
+    ap.add_argument("--runtime", default="torch", choices=["torch", "both"], help="both: also ONNX Runtime, from each model's export")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    runtimes = ("torch", "onnx") if args.runtime == "both" else ("torch",)
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_case(Path(tmp))
-        rows = []
+        models_dir = args.models_dir
+        if "onnx" in runtimes:
+            from tumorseg.models.export import export_onnx
+
+            models_dir = Path(tmp) / "models"
+            for name in (*MODEL_NAMES, "ensemble"):
+                if (args.models_dir / name).is_dir():
+                    shutil.copytree(args.models_dir / name, models_dir / name)
+            for name in MODEL_NAMES:
+                export_onnx(models_dir / name, size=(240, 240))
+        rows, totals = [], {}
         for name in (*MODEL_NAMES, "ensemble"):
-            predictor = load_predictor(name, args.models_dir)  # with the post-processing fitted for it, as predict applies
-            time_once(predictor, folder, Path(tmp) / "warm.nii.gz", args.batch, args.tta)  # warm-up
-            runs = [time_once(predictor, folder, Path(tmp) / f"{name}.nii.gz", args.batch, args.tta)
-                    for _ in range(args.repeats)]
-            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-            rows.append(f"| {name} | {med['read']:.2f} | {med['preprocess + predict']:.2f} | {med['write']:.2f} | **{med['total']:.2f}** |")
-            print(rows[-1], flush=True)
-    lines = [f"`python bench/predict.py --repeats {args.repeats}{f' --tta {args.tta}' if args.tta != 'none' else ''}` on {platform.machine()}, {os.cpu_count()} CPUs, "
+            for runtime in runtimes:
+                # with the post-processing fitted for it, as predict applies
+                predictor = load_predictor(name, models_dir, runtime=runtime)
+                time_once(predictor, folder, Path(tmp) / "warm.nii.gz", args.batch, args.tta)  # warm-up
+                runs = [time_once(predictor, folder, Path(tmp) / f"{name}.nii.gz", args.batch, args.tta)
+                        for _ in range(args.repeats)]
+                med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                totals[name, runtime] = med["total"]
+                ratio = f" | {totals[name, 'torch'] / med['total']:.2f}x" if runtime == "onnx" else (" | 1.00x" if len(runtimes) > 1 else "")
+                rows.append(f"| {name} |{f' {runtime} |' if len(runtimes) > 1 else ''} {med['read']:.2f} | "
+                            f"{med['preprocess + predict']:.2f} | {med['write']:.2f} | **{med['total']:.2f}**{ratio} |")
+                print(rows[-1], flush=True)
+    both = len(runtimes) > 1
+    lines = [f"`python bench/predict.py --repeats {args.repeats}{f' --tta {args.tta}' if args.tta != 'none' else ''}"
+             f"{' --runtime both' if both else ''}` on {platform.machine()}, {os.cpu_count()} CPUs, "
              f"torch {torch.__version__} ({torch.get_num_threads()} threads), one synthetic 240 x 240 x 155 patient, "
              f"batch {args.batch}, median of {args.repeats} after a warm-up", "",
-             "| model | read 4 NIfTI (s) | preprocess + predict + post-process (s) | write mask (s) | total (s) |", "|---|---|---|---|---|", *rows]
+             "| model |" + (" runtime |" if both else "") + " read 4 NIfTI (s) | preprocess + predict + post-process (s) | "
+             "write mask (s) | total (s) |" + (" speed-up vs torch |" if both else ""),
+             "|---|---|---|---|---|" + ("---|---|" if both else ""), *rows]
     text = "\n".join(lines)
     emit(text, args.out)
 

@@ -221,3 +221,16 @@ def test_ensemble_averages_the_three_models(trained, tmp_path, monkeypatch):
     shutil.rmtree(models / "transunet")
     missing = _invoke("predict", case.path, "--model", "ensemble", "--out", tmp_path / "none")
     assert missing.exit_code == 2 and "transunet" in missing.output and "no trained model here" in missing.output
+
+
+def test_predict_with_onnx_runtime_matches_pytorch(trained, tmp_path):
+    root, model_dir, _ = trained
+    case = discover_cases(root / "raw")[0]
+    result = _invoke("predict", case.path, "--model", model_dir, "--out", tmp_path / "onnx", "--runtime", "onnx")
+    assert result.exit_code == 2 and "not exported yet; run `tumorseg export" in result.output
+    assert _invoke("export", model_dir, "--size", 48, 48).exit_code == 0
+    assert _invoke("predict", case.path, "--model", model_dir, "--out", tmp_path / "onnx", "--runtime", "onnx").exit_code == 0
+    assert _invoke("predict", case.path, "--model", model_dir, "--out", tmp_path / "torch").exit_code == 0
+    onnx_labels = np.asanyarray(nib.load(tmp_path / "onnx" / f"{case.case_id}-seg.nii.gz").dataobj)
+    torch_labels = np.asanyarray(nib.load(tmp_path / "torch" / f"{case.case_id}-seg.nii.gz").dataobj)
+    assert (onnx_labels == torch_labels).mean() >= 0.9999  # logits agree to ~1e-5: a voxel at exactly 0.5 could flip

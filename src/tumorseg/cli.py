@@ -128,6 +128,8 @@ def predict(
                             "metrics; each mirroring costs one more prediction."),
     postprocess: bool = typer.Option(True, "--postprocess/--no-postprocess", help="Apply the post-processing fitted for "
                                      "the model on the validation patients (<model folder>/postprocess.json), as evaluate does."),
+    runtime: str = typer.Option("torch", help="torch | onnx (the model folder's model.onnx from `tumorseg export`, run by "
+                                "ONNX Runtime)."),
 ) -> None:
     """Segment new patients: a BraTS label map (0 background, 1 necrotic core, 2 edema, 3 enhancing tumour) per patient, with the input's shape, affine and header. Bad input: a message naming the file, exit code 2, no output for that patient."""
     from tumorseg.logs import setup_logging
@@ -149,7 +151,7 @@ def predict(
         else:
             raise InputError("nothing to predict: give a patient folder, a folder of patients, or --t1n --t1c --t2w --t2f")
         results = run_predict(cases, model, out, paths.MODELS_DIR, batch_size=batch_size, device=device, tta=tta,
-                              postprocess=postprocess)
+                              postprocess=postprocess, runtime=runtime)
     except InputError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -158,6 +160,36 @@ def predict(
         typer.echo(f"{case.case_id}: {path}" if path else f"{case.case_id}: FAILED: {error}", err=bool(error))
     if failed:
         raise typer.Exit(2)
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="A pipeline model name (models/<name>) or a model folder."),
+    format: str = typer.Option("onnx", "--format", help="onnx (the only format so far)."),
+    out: Path = typer.Option(None, help="Where to write it; default <model folder>/model.onnx (what --runtime onnx reads)."),
+    size: tuple[int, int] = typer.Option((240, 240), help="Slice size the check runs at (and the fixed size of transunet's graph)."),
+) -> None:
+    """Export a trained model to ONNX (dynamic batch; dynamic slice size for unet and resnet_unet), checked against PyTorch."""
+    from tumorseg.logs import setup_logging
+    from tumorseg.models import MODEL_NAMES
+    from tumorseg.models.export import ExportError, export_onnx
+
+    setup_logging()
+    if format != "onnx":
+        typer.echo(f"error: --format {format}: only onnx is supported", err=True)
+        raise typer.Exit(2)
+    folder = paths.MODELS_DIR / model if model in MODEL_NAMES else Path(model)
+    if not (folder / "model.json").is_file():
+        typer.echo(f"error: {folder}: no trained model here (run `dvc repro` first)", err=True)
+        raise typer.Exit(2)
+    try:
+        result = export_onnx(folder, out, size)
+    except ExportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{result['path']}: max |logit difference| vs PyTorch "
+               + ", ".join(f"{k}: {v:.1e}" for k, v in result["max_abs_diff"].items())
+               + (f"; fixed slice size {result['fixed_size']}" if result["fixed_size"] else "; dynamic batch and slice size"))
 
 
 @app.command("app")

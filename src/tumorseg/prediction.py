@@ -26,6 +26,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # co-registered BraTS volumes agree exactly, float32 round-off stays far below it.
 AFFINE_TOLERANCE = 1e-3
 LABEL_SUFFIX = "-seg.nii.gz"
+RUNTIMES = ("torch", "onnx")  # onnx: the folder's model.onnx (tumorseg export) through ONNX Runtime
 
 
 class InputError(ValueError):
@@ -198,7 +199,7 @@ def label_map_bytes(labels: np.ndarray, reference) -> bytes:
         return path.read_bytes()
 
 
-def load_predictor(ref: str, models_dir: Path, device="cpu", postprocess: bool = True) -> Predictor:
+def load_predictor(ref: str, models_dir: Path, device="cpu", postprocess: bool = True, runtime: str = "torch") -> Predictor:
     """A pipeline name (models/<name>), ``ensemble`` (the three pipeline models), a model folder or
     model.safetensors path, or an MLflow URI (models:/tumorseg-resnet_unet@champion, runs:/<id>/model).
     With ``postprocess``, the rules fitted for it on validation (its folder's postprocess.json) are applied;
@@ -207,20 +208,25 @@ def load_predictor(ref: str, models_dir: Path, device="cpu", postprocess: bool =
     from tumorseg.evaluation.postprocess import POSTPROCESS_FILE
     from tumorseg.models import MODEL_NAMES
 
+    if runtime not in RUNTIMES:
+        raise InputError(f"--runtime {runtime}: expected one of {', '.join(RUNTIMES)}")
     if ref.startswith(("models:/", "runs:/")):
+        if runtime != "torch":
+            raise InputError(f"{ref}: --runtime {runtime} reads an exported model folder (tumorseg export); an MLflow model "
+                             f"runs with --runtime torch")
         predictor = Predictor(ref, [_load_mlflow(ref, device)])
         if postprocess:
             log.warning("%s: an MLflow model carries no fitted post-processing; predicting without it (pass the pipeline "
                         "model name, e.g. --model unet, to apply models/unet/postprocess.json)", ref)
         return predictor
     if ref == ENSEMBLE:
-        members = [_load_folder(Path(models_dir) / m, m) for m in MODEL_NAMES]
+        members = [_load_folder(Path(models_dir) / m, m, runtime) for m in MODEL_NAMES]
         folder = Path(models_dir) / ENSEMBLE
     else:
         folder = Path(models_dir) / ref if ref in MODEL_NAMES else Path(ref)
         if folder.is_file():
             folder = folder.parent
-        members = [_load_folder(folder, ref)]
+        members = [_load_folder(folder, ref, runtime)]
     predictor = Predictor(ref, [(m.to(device), c) for m, c in members])
     rules_path = folder / POSTPROCESS_FILE
     if postprocess and rules_path.is_file():
@@ -233,13 +239,20 @@ def load_predictor(ref: str, models_dir: Path, device="cpu", postprocess: bool =
     return predictor
 
 
-def _load_folder(path: Path, ref: str):
+def _load_folder(path: Path, ref: str, runtime: str = "torch"):
     from tumorseg.models import MODEL_NAMES
     from tumorseg.models.io import CONFIG_FILE, load_model
 
     if not (path / CONFIG_FILE).is_file():
         hint = " (run `dvc repro` to train it)" if ref in MODEL_NAMES or ref == "ensemble" else ""
         raise InputError(f"{path}: no trained model here (model.json and model.safetensors expected){hint}")
+    if runtime == "onnx":
+        from tumorseg.models.export import ONNX_FILE, load_onnx
+
+        if not (path / ONNX_FILE).is_file():
+            raise InputError(f"{path / ONNX_FILE}: not exported yet; run `tumorseg export {ref if ref in MODEL_NAMES else path} "
+                             f"--format onnx` first")
+        return load_onnx(path)
     return load_model(path)
 
 
@@ -279,7 +292,7 @@ def output_path(out_dir: Path, case_id: str) -> Path:
 
 def run_predict(cases: list[CaseInput], model_ref: str, out_dir: Path, models_dir: Path, batch_size: int = 32,
                 device: str = "auto", progress: bool = True, tta: str = "none",
-                postprocess: bool = True) -> list[tuple[CaseInput, Path | None, str | None]]:
+                postprocess: bool = True, runtime: str = "torch") -> list[tuple[CaseInput, Path | None, str | None]]:
     """Predict every case; a bad case is reported and skipped (nothing written for it), the others go on.
     Returns (case, written path or None, error or None) per case."""
     from tqdm.auto import tqdm
@@ -287,7 +300,7 @@ def run_predict(cases: list[CaseInput], model_ref: str, out_dir: Path, models_di
     from tumorseg.models.runtime import pick_amp_dtype, pick_device
 
     dev = pick_device(device)
-    predictor = load_predictor(model_ref, models_dir, dev, postprocess)
+    predictor = load_predictor(model_ref, models_dir, dev, postprocess, runtime)
     amp = pick_amp_dtype("auto", dev)
     results = []
     for case in tqdm(cases, desc="predict", unit="patient", disable=not progress or len(cases) < 2):
