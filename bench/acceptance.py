@@ -110,7 +110,6 @@ def main() -> None:
     wt = {m: metrics[m]["dice_WT"] for m in MODELS}
     best = champion
     runs = nnunet_runs(metrics[best]["n_patients"])
-    nnunet = {r: sum(run[r] for run in runs.values()) / len(runs) for r in REGIONS} if runs else None
     champ = metrics[best]
     legacy_kept = {m: (metrics[m]["dice_mean"], metrics[m]["without_postprocess"]["dice_mean"]) for m in MODELS}
     checks = [

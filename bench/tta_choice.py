@@ -29,7 +29,7 @@ from tumorseg.data.split import read_split  # noqa: E402
 from tumorseg.evaluation.inference import MIRRORINGS, predict_probabilities  # noqa: E402
 from tumorseg.evaluation.metrics import summarise  # noqa: E402
 from tumorseg.evaluation.postprocess import POSTPROCESS_FILE, read_rules  # noqa: E402
-from tumorseg.evaluation.predictions import patients, quantize, quantized_to_labels, to_volume  # noqa: E402
+from tumorseg.evaluation.predictions import patients, probability_volume, quantize, quantized_to_labels, to_volume  # noqa: E402
 from tumorseg.evaluation.scoring import Truths  # noqa: E402
 from tumorseg.evaluation.metrics import volume_metrics  # noqa: E402
 from tumorseg.models.io import context_slices, load_model  # noqa: E402
@@ -58,8 +58,10 @@ def main() -> None:
                 seconds += time.perf_counter() - t0
                 shape = (int(case["nx"]), int(case["ny"]), int(case["nz"]))
                 spacing = (float(case["spacing_x"]), float(case["spacing_y"]), float(case["spacing_z"]))
-                labels = to_volume(quantized_to_labels(quantize(probs)), int(case["z_start"]), shape)
-                scored.append(volume_metrics(rules.apply(labels, spacing), truths(case_id), spacing))
+                q = quantize(probs)  # (Z', 3, Y, X)
+                labels = to_volume(quantized_to_labels(q), int(case["z_start"]), shape)
+                post = rules.apply(labels, spacing, probability_volume(np.moveaxis(q, 1, 0), int(case["z_start"]), shape))
+                scored.append(volume_metrics(post, truths(case_id), spacing))
             s = summarise(scored, [])
             rows.append(f"| {name} | {tta} ({len(MIRRORINGS[tta])}) | {s['lesion_dice_WT']:.3f} | {s['lesion_dice_TC']:.3f} | "
                         f"{s['lesion_dice_ET']:.3f} | **{s['lesion_dice_mean']:.3f}** | {s['dice_mean']:.3f} | {seconds / len(cases):.2f} |")

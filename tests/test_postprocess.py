@@ -10,6 +10,7 @@ from tumorseg.evaluation.postprocess import (
     PostprocessRules,
     PostprocessSettings,
     drop_small_components,
+    drop_unconfident_components,
     fit_rules,
     read_rules,
     relabel_small_et,
@@ -68,7 +69,7 @@ def _val_cases():
             truth[truth == 3] = 1  # this patient has no enhancing tumour...
             pred[pred == 3] = 1
             pred[7:9, 7:8, 7:8] = 3  # ...but the model predicts 2 voxels of it
-        cases.append((pred, truth, (1.0, 1.0, 1.0)))
+        cases.append((pred, truth, (1.0, 1.0, 1.0), None))
     return cases
 
 
@@ -86,8 +87,8 @@ def test_fit_picks_thresholds_that_remove_false_lesions_on_validation():
     # a patient ET volume of 4 mm3 relabels only patient 2's false 2 voxels, 20 would take the true ones too
     assert rules.min_component_mm3["ET"] == 0 and rules.min_et_volume_mm3 == 4
     assert [s["rule"] for s in steps] == ["min_component_mm3"] * 3 + ["min_et_volume_mm3"]
-    fitted = [rules.apply(p, s) for p, _, s in cases]
-    assert all(np.array_equal(f, t) for f, (_, t, _) in zip(fitted, cases))
+    fitted = [rules.apply(p, s) for p, _, s, _ in cases]
+    assert all(np.array_equal(f, t) for f, (_, t, _, _) in zip(fitted, cases))
 
 
 def test_disabled_or_bad_settings():
@@ -121,10 +122,72 @@ def test_a_threshold_that_costs_any_validation_patient_legacy_dice_is_refused():
     pred_b = main.copy()
     pred_b[25:27, 20:24, 20:25] = 2
     pred_b[32:34, 4:8, 4:9] = 2
-    cases = [(truth_a.copy(), truth_a, (1.0, 1.0, 1.0)), (pred_b, main, (1.0, 1.0, 1.0))]
+    cases = [(truth_a.copy(), truth_a, (1.0, 1.0, 1.0), None), (pred_b, main, (1.0, 1.0, 1.0), None)]
     rules, steps = fit_rules(cases, PostprocessSettings(component_mm3=(0, 50, 100), et_volume_mm3=(0,)))
     wt = steps[0]["candidates"]
     assert [c["lesion_dice"] for c in wt] == pytest.approx([(1 + 1 / 3) / 2, 1.0, (0.5 + 1) / 2])
     assert wt[2]["patients_worse"] == 1 and wt[1]["patients_worse"] == 0
     assert wt[2]["legacy_dice"] > wt[0]["legacy_dice"]  # on the means, 100 looks better than nothing...
     assert rules.min_component_mm3["WT"] == 50  # ...but it costs patient A, so 50 is chosen
+
+
+def _probabilities(labels: np.ndarray, confidence: list[tuple[tuple[slice, ...], float]]) -> np.ndarray:
+    """(3, X, Y, Z) uint8 quantized probabilities: 0.95 inside each region, overridden in the given boxes."""
+    from tumorseg.data.labels import REGION_NAMES, region_mask
+
+    probs = np.stack([np.where(region_mask(labels, r), 0.95, 0.02) for r in REGION_NAMES])
+    for box, p in confidence:
+        probs[(slice(None), *box)] = np.where(probs[(slice(None), *box)] > 0.5, p, probs[(slice(None), *box)])
+    return np.rint(probs * 255).astype(np.uint8)
+
+
+def test_components_predicted_without_confidence_are_dropped():
+    labels = _tumour()
+    blob = (slice(20, 26), slice(16, 22), slice(12, 18))  # a 216-voxel false WT component: too big for a size rule
+    labels[blob] = 2
+    probs = _probabilities(labels, [(blob, 0.7)])
+    out = drop_unconfident_components(labels, "WT", 0.8, probs[0])
+    assert out[blob].max() == 0 and np.array_equal(out[:12, :12, :12], labels[:12, :12, :12])
+    assert np.array_equal(drop_unconfident_components(labels, "WT", 0.6, probs[0]), labels)
+    rules = PostprocessRules(min_component_probability={"WT": 0.8, "TC": 0.0, "ET": 0.0})
+    assert np.array_equal(rules.apply(labels, probabilities=probs), out) and not rules.is_identity
+    with pytest.raises(ValueError, match="needs the predicted probabilities"):
+        rules.apply(labels)
+
+
+def test_fit_finds_the_confidence_that_separates_mimics_from_tumours():
+    """Each patient: a true tumour predicted at 0.95 and a 216-voxel mimic at 0.7; one patient's small true satellite
+    lesion is predicted at 0.75. A level of 0.8 would drop that lesion too (a missed lesion: lower lesion-wise Dice):
+    0.72 is chosen among (0, 0.72, 0.8); the size rule cannot help (the mimic is larger than the satellite)."""
+    cases = []
+    for i in range(3):
+        truth = _tumour()
+        pred = truth.copy()
+        mimic = (slice(20, 26), slice(16, 22), slice(12 + i, 18 + i))
+        pred[mimic] = 2
+        boxes = [(mimic, 0.7)]
+        if i == 0:
+            satellite = (slice(14, 18), slice(18, 22), slice(2, 6))  # 64 voxels, true
+            truth[satellite] = 2
+            pred[satellite] = 2
+            boxes.append((satellite, 0.75))
+        cases.append((pred, truth, (1.0, 1.0, 1.0), _probabilities(pred, boxes)))
+    settings = PostprocessSettings(component_mm3=(0, 100), component_probability=(0, 0.72, 0.8), et_volume_mm3=(0,))
+    rules, steps = fit_rules(cases, settings)
+    assert rules.min_component_mm3["WT"] == 0, "100 mm3 would drop the satellite"
+    assert rules.min_component_probability["WT"] == 0.72
+    wt = next(s for s in steps if s["rule"] == "min_component_probability" and s["region"] == "WT")
+    assert [c["probability"] for c in wt["candidates"]] == [0, 0.72, 0.8]
+    assert wt["candidates"][1]["lesion_dice"] == pytest.approx(1.0) and wt["candidates"][2]["lesion_dice"] < 0.99
+    assert wt["candidates"][0]["lesion_dice"] == pytest.approx(0.5)  # one false lesion each (the satellite merges with its tumour)
+    assert all(np.array_equal(rules.apply(p, s, q), t) for p, t, s, q in cases)
+
+
+def test_older_rules_files_have_no_confidence_rule(tmp_path):
+    import json
+
+    path = tmp_path / "postprocess.json"
+    path.write_text(json.dumps({"enabled": True, "rules": {"min_component_mm3": {"WT": 10.0, "TC": 0.0, "ET": 0.0},
+                                                          "min_et_volume_mm3": 0.0}}))
+    rules = read_rules(path)
+    assert not any(rules.min_component_probability.values()) and rules.min_component_mm3["WT"] == 10.0

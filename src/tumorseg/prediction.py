@@ -150,7 +150,7 @@ class Predictor:
         from tumorseg.config import from_mapping
         from tumorseg.data.preprocess import PreprocessSettings, preprocess_case
         from tumorseg.evaluation.inference import predict_probabilities
-        from tumorseg.evaluation.predictions import dequantize, quantize, quantized_to_labels, to_volume
+        from tumorseg.evaluation.predictions import dequantize, probability_volume, quantize, quantized_to_labels, to_volume
         from tumorseg.models.io import context_slices
 
         quantized, z0 = [], None
@@ -166,7 +166,7 @@ class Predictor:
             quantized.append(quantize(probs))
         q = quantized[0] if len(quantized) == 1 else quantize(sum(dequantize(x) for x in quantized) / len(quantized))
         labels = to_volume(quantized_to_labels(q), z0, channels[0].shape)
-        return self.rules.apply(labels, spacing)
+        return self.rules.apply(labels, spacing, probability_volume(np.moveaxis(q, 1, 0), z0, channels[0].shape))
 
 
 def write_label_map(labels: np.ndarray, reference, path: Path) -> None:

@@ -68,7 +68,8 @@ def evaluate_model(name: str, predictions_dir: Path, postprocess_path: Path, sto
     example_labels = []
     for case_id, row in examples:
         z = preds.index["cases"][case_id]["z_start"] + row
-        example_labels.append(rules.apply(preds.labels(case_id), preds.spacing(case_id))[:, :, z].T)  # (Y, X) as stored
+        post = rules.apply(preds.labels(case_id), preds.spacing(case_id), preds.probability_volume(case_id))
+        example_labels.append(post[:, :, z].T)  # (Y, X) as stored
     with atomic_dir(Path(out_dir)) as tmp:
         table = pd.DataFrame(rows).merge(pd.DataFrame(raw_rows), on=["case_id", "cohort"], suffixes=("", "_raw"))
         table.to_csv(tmp / PER_PATIENT_FILE, index=False, float_format="%.6g")

@@ -5,11 +5,14 @@ What BraTS winners do after the network, as explicit, fitted rules:
 * per region, predicted connected components (26-connected) smaller than a volume are dropped: a
   WT component becomes background, a TC component edema (it stays tumour), an ET component
   necrotic core (it stays core);
+* per region, components whose mean predicted probability of that region is below a level are dropped
+  the same way: on the default's validation patients the networks' false-positive tumours (mimics) are
+  predicted with less confidence than true tumours (unet: mean WT probability 0.70-0.89 against 0.85-0.95);
 * a patient whose whole predicted ET is smaller than a volume gets it relabelled as necrotic core
   (patients without enhancing tumour are common, and one false ET voxel there scores ET Dice 0).
 
 ``postprocess@<model>`` fits the thresholds on the validation patients (greedily, WT then TC then
-ET, each step keeping the candidate with the best mean lesion-wise Dice of its region among those
+ET, size then confidence, each step keeping the candidate with the best mean lesion-wise Dice of its region among those
 under which no validation patient's legacy Dice of that region falls; ties go to the smaller
 threshold) and writes them,
 with the validation figures behind each choice, to ``models/<model>/postprocess.json``; evaluate,
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +47,12 @@ class PostprocessSettings(Checked):
 
     enabled: bool = True
     component_mm3: tuple[float, ...] = field(default=(0, 10, 25, 50, 100, 200, 400), metadata=in_range(0))
+    # candidate minimum mean probability of a component's region (0: keep every component)
+    component_probability: tuple[float, ...] = field(default=(0,), metadata=in_range(0, 1))
     et_volume_mm3: tuple[float, ...] = field(default=(0, 10, 25, 50, 100, 200, 400), metadata=in_range(0))
 
     def check(self) -> None:
-        for key in ("component_mm3", "et_volume_mm3"):
+        for key in ("component_mm3", "component_probability", "et_volume_mm3"):
             values = getattr(self, key)
             if not values or 0 not in values:
                 raise SettingError(key, f"= {list(values)}; must include 0 (no post-processing) among the candidates")
@@ -59,17 +64,43 @@ class PostprocessRules:
 
     min_component_mm3: dict[str, float] = field(default_factory=lambda: {r: 0.0 for r in REGION_NAMES})
     min_et_volume_mm3: float = 0.0
+    min_component_probability: dict[str, float] = field(default_factory=lambda: {r: 0.0 for r in REGION_NAMES})
 
-    def apply(self, labels: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
-        """The post-processed copy of a (X, Y, Z) BraTS label map."""
+    def apply(self, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), probabilities: np.ndarray | None = None) -> np.ndarray:
+        """The post-processed copy of a (X, Y, Z) BraTS label map; ``probabilities``: the (3, X, Y, Z) uint8 quantized
+        WT / TC / ET probabilities it was thresholded from, needed by the confidence rule."""
         out = labels.copy()
-        for region in REGION_NAMES:
+        for i, region in enumerate(REGION_NAMES):
             out = drop_small_components(out, region, self.min_component_mm3.get(region, 0.0), spacing)
+            level = self.min_component_probability.get(region, 0.0)
+            if level > 0:
+                if probabilities is None:
+                    raise ValueError(f"post-processing drops {region} components below mean probability {level}: "
+                                     f"it needs the predicted probabilities, not only the labels")
+                out = drop_unconfident_components(out, region, level, probabilities[i])
         return relabel_small_et(out, self.min_et_volume_mm3, spacing)
 
     @property
     def is_identity(self) -> bool:
-        return self.min_et_volume_mm3 == 0 and not any(self.min_component_mm3.values())
+        return (self.min_et_volume_mm3 == 0 and not any(self.min_component_mm3.values())
+                and not any(self.min_component_probability.values()))
+
+
+def drop_unconfident_components(labels: np.ndarray, region: str, min_probability: float, probability: np.ndarray) -> np.ndarray:
+    """Components of ``region`` whose mean probability (``probability``: (X, Y, Z) uint8 quantized) is below
+    ``min_probability`` become the next region out (see DROPPED_LABEL)."""
+    mask = region_mask(labels, region)
+    components, n = ndimage.label(mask, structure=CONNECTIVITY_26)
+    if n == 0:
+        return labels
+    sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
+    sums = np.bincount(components.ravel(), weights=probability.ravel().astype(np.float64), minlength=n + 1)[1:]
+    weak = np.flatnonzero(sums / sizes / 255 < min_probability) + 1
+    if len(weak) == 0:
+        return labels
+    out = labels.copy()
+    out[np.isin(components, weak)] = DROPPED_LABEL[region]
+    return out
 
 
 def drop_small_components(labels: np.ndarray, region: str, min_mm3: float, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
@@ -100,24 +131,27 @@ def relabel_small_et(labels: np.ndarray, min_mm3: float, spacing=(1.0, 1.0, 1.0)
 
 
 def _scores(cases, rules: PostprocessRules, region: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-patient lesion-wise and legacy Dice of ``region`` over (pred, truth, spacing) cases."""
+    """Per-patient lesion-wise and legacy Dice of ``region`` over (pred, truth, spacing, probabilities) cases."""
     lesion, legacy = [], []
-    for pred, truth, spacing in cases:
-        p, t = region_mask(rules.apply(pred, spacing), region), region_mask(truth, region)
+    for pred, truth, spacing, probabilities in cases:
+        p, t = region_mask(rules.apply(pred, spacing, probabilities), region), region_mask(truth, region)
         lesion.append(lesion_wise(p, t, spacing, with_hd95=False).dice)
         legacy.append(dice(p, t))
     return np.array(lesion), np.array(legacy)
 
 
-def fit_rules(cases: list[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]],
+def fit_rules(cases: list[tuple[np.ndarray, np.ndarray, tuple[float, float, float], np.ndarray | None]],
               settings: PostprocessSettings) -> tuple[PostprocessRules, list[dict]]:
-    """Thresholds chosen on ``cases`` (the validation patients' predicted and true label maps), and
+    """Thresholds chosen on ``cases`` (the validation patients' predicted and true label maps, spacing and predicted
+    probabilities), and
     the figures behind every choice: one record per step with each candidate's mean Dice."""
     rules = PostprocessRules()
     steps: list[dict] = []
     if not settings.enabled:
         return rules, steps
-    plan = [(r, "component", sorted(settings.component_mm3)) for r in REGION_NAMES] + [("ET", "volume", sorted(settings.et_volume_mm3))]
+    plan = [step for r in REGION_NAMES for step in ((r, "component", sorted(settings.component_mm3)),
+                                                    (r, "probability", sorted(settings.component_probability)))
+            if len(step[2]) > 1 or step[1] == "component"] + [("ET", "volume", sorted(settings.et_volume_mm3))]
     for region, kind, candidates in plan:
         tried, base_legacy = [], None
         for threshold in candidates:  # ascending: the first, 0, changes nothing and is the baseline
@@ -125,22 +159,27 @@ def fit_rules(cases: list[tuple[np.ndarray, np.ndarray, tuple[float, float, floa
             lesion, legacy = _scores(cases, trial, region)
             base_legacy = legacy if base_legacy is None else base_legacy
             worse = int((legacy < base_legacy - 1e-9).sum())
-            tried.append({"mm3": float(threshold), "lesion_dice": round(float(lesion.mean()), 6),
+            tried.append({UNITS[kind]: float(threshold), "lesion_dice": round(float(lesion.mean()), 6),
                           "legacy_dice": round(float(legacy.mean()), 6), "patients_worse": worse})
         # Non-inferiority per patient, not on the mean: on a handful of validation patients a mean can trade one
         # patient's lost lesion for another's removed false positive, and such a threshold does not carry over.
         allowed = [t for t in tried if t["patients_worse"] == 0]
-        best = max(allowed, key=lambda t: (t["lesion_dice"], -t["mm3"]))
-        rules = _with(rules, region, kind, best["mm3"])
-        steps.append({"region": region, "rule": "min_component_mm3" if kind == "component" else "min_et_volume_mm3",
-                      "chosen_mm3": best["mm3"], "candidates": tried})
+        best = max(allowed, key=lambda t: (t["lesion_dice"], -t[UNITS[kind]]))
+        rules = _with(rules, region, kind, best[UNITS[kind]])
+        steps.append({"region": region, "rule": RULES[kind], f"chosen_{UNITS[kind]}": best[UNITS[kind]], "candidates": tried})
     return rules, steps
+
+
+UNITS = {"component": "mm3", "volume": "mm3", "probability": "probability"}
+RULES = {"component": "min_component_mm3", "volume": "min_et_volume_mm3", "probability": "min_component_probability"}
 
 
 def _with(rules: PostprocessRules, region: str, kind: str, threshold: float) -> PostprocessRules:
     if kind == "component":
-        return PostprocessRules({**rules.min_component_mm3, region: threshold}, rules.min_et_volume_mm3)
-    return PostprocessRules(dict(rules.min_component_mm3), threshold)
+        return replace(rules, min_component_mm3={**rules.min_component_mm3, region: threshold})
+    if kind == "probability":
+        return replace(rules, min_component_probability={**rules.min_component_probability, region: threshold})
+    return replace(rules, min_et_volume_mm3=threshold)
 
 
 def write_rules(path: Path, rules: PostprocessRules, enabled: bool, steps: list[dict], validation: dict) -> None:
@@ -163,10 +202,15 @@ def read_rules(path: Path) -> PostprocessRules:
         if not doc["enabled"]:
             return PostprocessRules()
         rules = doc["rules"]
-        return PostprocessRules({r: float(v) for r, v in rules["min_component_mm3"].items()}, float(rules["min_et_volume_mm3"]))
+        return PostprocessRules({r: float(v) for r, v in rules["min_component_mm3"].items()}, float(rules["min_et_volume_mm3"]),
+                                {r: float(v) for r, v in rules.get("min_component_probability", {}).items()})
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: not a tumorseg post-processing file ({type(exc).__name__}: {exc}); rerun "
                          f"`dvc repro postprocess@<model>`") from None
+
+
+def any_probability(settings: PostprocessSettings) -> bool:
+    return any(settings.component_probability) and settings.enabled
 
 
 def fit_postprocess(name: str, predictions_dir: Path, split_path: Path, manifest_path: Path, raw_dir: Path, out_path: Path,
@@ -184,15 +228,16 @@ def fit_postprocess(name: str, predictions_dir: Path, split_path: Path, manifest
     if missing:
         raise ValueError(f"{predictions_dir}: no predictions for validation patients {missing}; rerun `dvc repro infer@{name}`")
     truths = Truths(raw_dir, manifest_path)
-    val = [(preds.labels(c), truths(c), preds.spacing(c)) for c in cases]
+    val = [(preds.labels(c), truths(c), preds.spacing(c), preds.probability_volume(c) if any_probability(settings) else None)
+           for c in cases]
     rules, steps = fit_rules(val, settings)
     scored = score_patients(preds, cases, truths, {"raw": None, "post": rules.apply})
     validation = {"n_patients": len(cases), "postprocessed": summarise(*scored["post"]), "raw": summarise(*scored["raw"])}
     write_rules(out_path, rules, settings.enabled, steps, validation)
     post, raw = validation["postprocessed"], validation["raw"]
-    log.info("%s post-processing fitted on %d validation patients: components >= %s mm3, ET volume >= %g mm3; lesion-wise "
-             "Dice WT %.3f -> %.3f, TC %.3f -> %.3f, ET %.3f -> %.3f", name, len(cases), rules.min_component_mm3,
-             rules.min_et_volume_mm3, raw["lesion_dice_WT"], post["lesion_dice_WT"], raw["lesion_dice_TC"],
+    log.info("%s post-processing fitted on %d validation patients: components >= %s mm3, of mean probability >= %s, ET volume "
+             ">= %g mm3; lesion-wise Dice WT %.3f -> %.3f, TC %.3f -> %.3f, ET %.3f -> %.3f", name, len(cases), rules.min_component_mm3,
+             rules.min_component_probability, rules.min_et_volume_mm3, raw["lesion_dice_WT"], post["lesion_dice_WT"], raw["lesion_dice_TC"],
              post["lesion_dice_TC"], raw["lesion_dice_ET"], post["lesion_dice_ET"])
     return {"rules": rules, "validation": validation}
 

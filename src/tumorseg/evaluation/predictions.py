@@ -27,6 +27,13 @@ def to_volume(slice_labels: np.ndarray, z_start: int, shape_xyz: tuple[int, int,
     return volume.T  # (X, Y, Z), the NIfTI order
 
 
+def probability_volume(q: np.ndarray, z_start: int, shape_xyz: tuple[int, int, int]) -> np.ndarray:
+    """(3, Z', Y, X) quantized region probabilities of the kept slices -> (3, X, Y, Z) uint8 (cropped-away slices 0)."""
+    volume = np.zeros((q.shape[0],) + tuple(shape_xyz)[::-1], dtype=np.uint8)  # (3, Z, Y, X)
+    volume[:, z_start:z_start + q.shape[1]] = q
+    return volume.transpose(0, 3, 2, 1)
+
+
 def quantize(probs: np.ndarray) -> np.ndarray:
     """Probabilities in [0, 1] -> uint8 steps of 1/255, with ``q >= 128`` exactly where ``p > 0.5``."""
     q = np.rint(np.asarray(probs, dtype=np.float32) * 255)
@@ -74,6 +81,11 @@ class Predictions:
         info = self.index["cases"][case_id]
         slices = quantized_to_labels(np.moveaxis(self.probabilities(case_id), 0, 1))  # (Z', Y, X)
         return to_volume(slices, info["z_start"], tuple(info["shape"]))
+
+    def probability_volume(self, case_id: str) -> np.ndarray:
+        """(3, X, Y, Z) uint8 quantized WT / TC / ET probabilities in the label map's geometry."""
+        info = self.index["cases"][case_id]
+        return probability_volume(self.probabilities(case_id), info["z_start"], tuple(info["shape"]))
 
     def spacing(self, case_id: str) -> tuple[float, float, float]:
         return tuple(self.index["cases"][case_id]["spacing"])  # type: ignore[return-value]

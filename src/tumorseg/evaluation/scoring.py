@@ -16,7 +16,7 @@ from tumorseg.evaluation.predictions import Predictions
 from tumorseg.evaluation.metrics import slice_dice_wt, volume_metrics
 
 Spacing = tuple[float, float, float]
-Transform = Callable[[np.ndarray, Spacing], np.ndarray]
+Transform = Callable[[np.ndarray, Spacing, np.ndarray], np.ndarray]  # (labels, spacing, probabilities) -> labels
 
 
 class Truths:
@@ -38,9 +38,10 @@ def score_patients(preds: Predictions, case_ids: list[str], truths: Truths,
     out: dict[str, tuple[list[dict], list[float]]] = {name: ([], []) for name in transforms}
     for case_id in case_ids:
         raw, truth, spacing = preds.labels(case_id), truths(case_id), preds.spacing(case_id)
+        probabilities = preds.probability_volume(case_id) if any(transforms.values()) else None
         cohort = preds.index["cases"][case_id].get("cohort", "")
         for name, transform in transforms.items():
-            pred = raw if transform is None else transform(raw, spacing)
+            pred = raw if transform is None else transform(raw, spacing, probabilities)
             rows, slices = out[name]
             rows.append({"case_id": case_id, "cohort": cohort, **volume_metrics(pred, truth, spacing)})
             slices += slice_dice_wt(pred, truth)
