@@ -4,7 +4,6 @@ registered versions, the test metrics from evaluate in the same runs, and the ch
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import subprocess
 import sys

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 
 from tumorseg.app import support

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tumorseg.data.brats import MASK
-from tumorseg.data.labels import LABEL_NAMES, REGION_NAMES, region_mask
+from tumorseg.data.labels import REGION_NAMES, region_mask
 from tumorseg.prediction import NIFTI_SUFFIXES, CaseInput, InputError, case_from_folder, find_volume
 
 SAMPLE_DIR = Path(__file__).parent / "sample"

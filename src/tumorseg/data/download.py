@@ -8,7 +8,6 @@ case saying whether it is usable and, if not, which file is wrong and why.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
