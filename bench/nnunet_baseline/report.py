@@ -59,7 +59,8 @@ def main() -> None:
     n_test = results["tta"]["summary"]["n_patients"]
 
     header = ("| model | Dice WT | Dice TC | Dice ET | Dice mean | HD95 WT (mm) | HD95 TC | HD95 ET "
-              f"| slice-level WT Dice | predict {n_test} patients (s) |")
+              f"| slice-level WT Dice | lesion Dice WT | lesion Dice TC | lesion Dice ET | lesion Dice mean "
+              f"| false WT lesions / patient | predict {n_test} patients (s) |")
     lines = [f"`{args.command}` on {platform.machine()}, {cpu_model()}, {os.cpu_count()} CPUs"
              + (f"; {args.software}" if args.software else "") + f"; {t['threads']} torch threads", ""]
     if args.note:
@@ -75,7 +76,9 @@ def main() -> None:
         s = results[key]["summary"]
         wall = f"{timing[tkey]:.0f}" if tkey in timing else "-"
         lines.append(f"| {name} | {s['dice_WT']:.4f} | {s['dice_TC']:.4f} | {s['dice_ET']:.4f} | **{s['dice_mean']:.4f}** "
-                     f"| {s['hd95_WT']:.2f} | {s['hd95_TC']:.2f} | {s['hd95_ET']:.2f} | {s['slice_dice_WT']:.4f} | {wall} |")
+                     f"| {s['hd95_WT']:.2f} | {s['hd95_TC']:.2f} | {s['hd95_ET']:.2f} | {s['slice_dice_WT']:.4f} "
+                     f"| {s['lesion_dice_WT']:.4f} | {s['lesion_dice_TC']:.4f} | {s['lesion_dice_ET']:.4f} | {s['lesion_dice_mean']:.4f} "
+                     f"| {s['fp_per_patient_WT']:.2f} | {wall} |")
     full_epochs = t["iterations"] / 250
     lines += ["",
               f"- iterations trained: {t['iterations']} (batch {t['batch']})",
