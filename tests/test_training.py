@@ -158,7 +158,7 @@ def test_non_finite_loss_stops_with_epoch_and_step(tiny_pipeline, monkeypatch):
     import tumorseg.training.loop as loop
 
     monkeypatch.setattr(loop, "segmentation_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 1, step 1"):
+    with pytest.raises(NonFiniteLossError, match=r"loss is not finite at epoch 1, step 1;"):
         _train(tiny_pipeline, "nan", train=TrainSettings(epochs=1, samples_per_epoch=16, device="cpu"))
     assert not (tiny_pipeline / "nan" / "model" / "model.safetensors").exists()
 
@@ -254,3 +254,39 @@ def test_a_resumed_training_continues_its_mlflow_run(tiny_pipeline, tmp_path, mo
     [only] = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
     assert only.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(only.info.run_id, "val_dice_mean")] == [1, 2, 3]
+
+
+def _patches_one_by_one(images, targets, size, kinds, generator, mimic_thresholds=None):
+    """The per-sample loop random_patches replaced (a host round trip per sample): the reference it must equal."""
+    from tumorseg.data.context import centre_slice
+    from tumorseg.training.data import UNIFORM, mimic_voxels
+
+    n, _, h, w = images.shape
+    ph, pw = size, size
+    tops = (torch.rand(n, generator=generator) * (h - ph + 1)).long().clamp(max=h - ph)
+    lefts = (torch.rand(n, generator=generator) * (w - pw + 1)).long().clamp(max=w - pw)
+    picks = torch.rand(n, generator=generator)
+    wt = targets[:, 0] > 0
+    mimic = mimic_voxels(centre_slice(images), wt, mimic_thresholds) if mimic_thresholds is not None else None
+    for i in torch.nonzero(kinds != UNIFORM).flatten().tolist():
+        where = wt[i] if kinds[i] == TUMOUR else (mimic[i] if mimic is not None else wt[i][:0])
+        voxels = torch.nonzero(where)
+        if len(voxels):
+            cy, cx = voxels[min(int(picks[i] * len(voxels)), len(voxels) - 1)].tolist()
+            tops[i] = min(max(cy - ph // 2, 0), h - ph)
+            lefts[i] = min(max(cx - pw // 2, 0), w - pw)
+    return [images[i, :, t:t + ph, l:l + pw] for i, (t, l) in enumerate(zip(tops.tolist(), lefts.tolist()))]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vectorised_patch_centres_equal_the_per_sample_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    n, h, w = 12, 48, 40
+    x = torch.rand(n, 4, h, w, generator=g)
+    y = (torch.rand(n, 3, h, w, generator=g) > 0.97).float()
+    y[::4] = 0  # some samples without tumour
+    kinds = torch.randint(0, 3, (n,), generator=g).to(torch.int8)
+    for thresholds in (None, (0.9, 0.9)):
+        got = random_patches(x, y, 32, kinds, torch.Generator().manual_seed(seed), thresholds)[0]
+        want = _patches_one_by_one(x, y, 32, kinds, torch.Generator().manual_seed(seed), thresholds)
+        assert all(torch.equal(got[i], want[i]) for i in range(n))

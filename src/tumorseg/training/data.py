@@ -159,15 +159,22 @@ def random_patches(images: torch.Tensor, targets: torch.Tensor, size: int, centr
     tops = (torch.rand(n, generator=generator) * (h - ph + 1)).long().clamp(max=h - ph)
     lefts = (torch.rand(n, generator=generator) * (w - pw + 1)).long().clamp(max=w - pw)
     picks = torch.rand(n, generator=generator)  # drawn for every sample, so the stream never depends on the data
-    wt = targets[:, 0] > 0
-    mimic = mimic_voxels(centre_slice(images), wt, mimic_thresholds) if mimic_thresholds is not None and (kinds == MIMIC).any() else None
-    for i in torch.nonzero(kinds != UNIFORM).flatten().tolist():
-        where = wt[i] if kinds[i] == TUMOUR else (mimic[i] if mimic is not None else wt[i][:0])
-        voxels = torch.nonzero(where).cpu()
-        if len(voxels):
-            cy, cx = voxels[min(int(picks[i] * len(voxels)), len(voxels) - 1)].tolist()
-            tops[i] = min(max(cy - ph // 2, 0), h - ph)
-            lefts[i] = min(max(cx - pw // 2, 0), w - pw)
+    if (kinds != UNIFORM).any():
+        # The centre is the k-th voxel (row-major) of the sample's tumour (or mimic) mask, k = pick x count: found for
+        # the whole batch at once by a cumulative count, with no per-sample loop or host round trip.
+        wt = targets[:, 0] > 0
+        where = wt & (kinds == TUMOUR).to(wt.device)[:, None, None]
+        if mimic_thresholds is not None and (kinds == MIMIC).any():
+            mimic = mimic_voxels(centre_slice(images), wt, mimic_thresholds)
+            where = where | (mimic & (kinds == MIMIC).to(wt.device)[:, None, None])
+        running = where.flatten(1).cumsum(1)  # (N, H * W)
+        counts = running[:, -1]
+        k = torch.minimum((picks.to(counts.device) * counts).long(), (counts - 1).clamp(min=0))
+        flat = torch.searchsorted(running, (k + 1)[:, None]).squeeze(1)
+        found = (counts > 0).cpu()
+        cy, cx = (flat // w).cpu(), (flat % w).cpu()
+        tops = torch.where(found, (cy - ph // 2).clamp(0, h - ph), tops)
+        lefts = torch.where(found, (cx - pw // 2).clamp(0, w - pw), lefts)
     rows = (tops[:, None] + torch.arange(ph)).to(images.device)  # (N, ph)
     cols = (lefts[:, None] + torch.arange(pw)).to(images.device)  # (N, pw)
     batch = torch.arange(n, device=images.device)[:, None, None]

@@ -39,6 +39,7 @@ from tumorseg.training.settings import ModelSettings, TrainSettings
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.csv"
+LOG_EVERY = 10  # steps between reads of the loss on the host (progress bar, non-finite check)
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_dice_WT", "val_dice_TC", "val_dice_ET", "val_dice_mean")
 
 
@@ -197,7 +198,10 @@ def train_model(
             indices, kinds = epoch_indices(train_bank, steps_per_epoch * model_cfg.batch_size, train.foreground_fraction, generator,
                                            train.mimic_fraction)
             model.train()
-            t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+            t0, seen = time.perf_counter(), 0
+            # Kept on the device and read every LOG_EVERY steps: a read (float(), isfinite in an if) makes a GPU wait.
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the first step with a non-finite loss
             bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{epochs}", unit="step", dynamic_ncols=True, leave=False)
             for step in bar:
                 lr = lr_at(epoch * steps_per_epoch + step, total_steps, train.warmup_epochs * steps_per_epoch, model_cfg.lr, train.lr_schedule)
@@ -214,19 +218,21 @@ def train_model(
                 with autocast(device, amp_dtype):
                     logits = model(x)
                 loss = segmentation_loss(logits, y, train.bce_weight, train.dice_weight)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"{name}: loss is {float(loss)} at epoch {epoch + 1}, step {step + 1}; "
-                                             f"lower models.{name}.lr or check the input data")
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 seen += len(b)
-                loss_sum += float(loss.detach()) * len(b)
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", slices_per_s=f"{seen / (time.perf_counter() - t0):.1f}")
+                loss_sum += loss.detach().double() * len(b)
+                if step % LOG_EVERY == 0 or step == steps_per_epoch - 1:
+                    if int(first_bad) >= 0:
+                        raise NonFiniteLossError(f"{name}: loss is not finite at epoch {epoch + 1}, step {int(first_bad) + 1}; "
+                                                 f"lower models.{name}.lr or check the input data")
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}", slices_per_s=f"{seen / (time.perf_counter() - t0):.1f}")
             bar.close()
             train_seconds = time.perf_counter() - t0
             val = validate(model, val_bank, train.eval_batch_size, device, amp_dtype, train.channels_last, train.bce_weight, train.dice_weight)
-            record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1), **val}
+            record = {"epoch": epoch + 1, "lr": lr, "train_loss": float(loss_sum) / max(seen, 1), **val}
             history.append(record)
             run.log_metrics({k: v for k, v in record.items() if k != "epoch"} | {"slices_per_s": seen / train_seconds,
                             "epoch_seconds": time.perf_counter() - t0}, step=epoch + 1)
