@@ -62,3 +62,20 @@ def test_the_fault_hook_kills_before_the_rename(tmp_path):
     assert proc.returncode == -9, "SIGKILL at the second write"
     assert (tmp_path / "out" / "metrics.json").read_text() == "0", "the first write committed, the second not"
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp-")], "its temporary left behind"
+
+
+def test_the_sweep_runs_only_in_a_project_root(tmp_path, monkeypatch):
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    stale = tmp_path / "data" / f".tmp-{dead}-somebody-elses"
+    stale.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fileio, "_swept", False)
+    with fileio.atomic_file(tmp_path / "out.txt") as tmp:
+        tmp.write_text("x")
+    assert stale.exists(), "not a tumorseg project: nothing swept"
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("{}\n")
+    monkeypatch.setattr(fileio, "_swept", False)
+    with fileio.atomic_file(tmp_path / "out.txt") as tmp:
+        tmp.write_text("y")
+    assert not stale.exists()

@@ -73,10 +73,14 @@ def remove_stale_temporaries(root: str | Path = ".") -> list[Path]:
 
 
 def _sweep_once() -> None:
+    """Sweep once per process, and only in a tumorseg project root (where DVC runs the stages): never in whatever
+    folder a `tumorseg predict` happens to be started from."""
     global _swept
     if not _swept:
         _swept = True
-        remove_stale_temporaries(Path.cwd())
+        root = Path.cwd()
+        if (root / "dvc.yaml").is_file() and (root / "params.yaml").is_file():
+            remove_stale_temporaries(root)
 
 
 def _maybe_fault(path: Path) -> None:
