@@ -1,6 +1,6 @@
 """Everything MLflow, in one module: where runs go, how they are named, tagged and found.
 
-* Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo root>/mlflow.db`` where
+* Tracking URI: params ``mlflow.tracking_uri`` if set, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<repo root>/mlflow.db`` where
   the repo root is ``DVC_ROOT`` (set by DVC for every stage, and pointing at the real repo even
   in ``dvc exp run --temp/--queue``), else the current folder. mlflow.db is never a DVC out.
 * One run per model training, named after the model, tagged with the git commit, the DVC
@@ -50,10 +50,13 @@ def repo_root() -> Path:
 
 
 def tracking_uri(settings: MlflowSettings) -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    """An explicit ``mlflow.tracking_uri`` first, then ``MLFLOW_TRACKING_URI``, then the repository's mlflow.db. The
+    explicit setting must win: ``mlflow.set_tracking_uri`` itself exports MLFLOW_TRACKING_URI, so in a process that
+    tracked to one database (a test session, a notebook) the variable would otherwise redirect every later run."""
     if settings.tracking_uri:
         return settings.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
