@@ -126,23 +126,12 @@ def test_training_learns_is_repeatable_and_writes_outputs(tiny_pipeline):
 def test_killed_training_resumes_to_the_same_result(tiny_pipeline, monkeypatch):
     root = tiny_pipeline
     _train(root, "full")
-    import tumorseg.training.loop as loop
-
-    real_validate = loop.validate
-    calls = {"n": 0}
-
-    def killed_after_two_epochs(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated kill during epoch 3")
-        return real_validate(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "validate", killed_after_two_epochs)
+    restore = _kill_after_two_epochs(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         _train(root, "killed")
     assert (root / "killed" / "ckpt" / checkpoint.RESUME_FILE).is_file()
     assert not (root / "killed" / "model" / "model.safetensors").exists()
-    monkeypatch.setattr(loop, "validate", real_validate)
+    restore()
     _train(root, "killed")  # the next run resumes from epoch 2
     assert _sha(root / "killed" / "model" / "model.safetensors") == _sha(root / "full" / "model" / "model.safetensors")
     assert (root / "killed" / "model" / "history.csv").read_text() == (root / "full" / "model" / "history.csv").read_text()
