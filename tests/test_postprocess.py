@@ -191,3 +191,39 @@ def test_older_rules_files_have_no_confidence_rule(tmp_path):
                                                           "min_et_volume_mm3": 0.0}}))
     rules = read_rules(path)
     assert not any(rules.min_component_probability.values()) and rules.min_component_mm3["WT"] == 10.0
+
+
+def test_a_patient_keeps_its_most_confident_tumour():
+    """Every BraTS-Africa case has a tumour: when the WT rules would remove all of a patient's predicted tumour, its
+    most confident component (the largest without probabilities) stays, with its inner labels; a patient with a
+    confident tumour still loses its weak mimic."""
+    labels = np.zeros((30, 30, 30), dtype=np.uint8)
+    weak_big = (slice(2, 10), slice(2, 10), slice(2, 10))      # 512 voxels at 0.70
+    weaker = (slice(20, 24), slice(20, 24), slice(20, 24))      # 64 voxels at 0.65
+    labels[weak_big] = 2
+    labels[3:6, 3:6, 3:6] = 3  # ET inside the tumour that is kept
+    labels[weaker] = 2
+    probs = _probabilities(labels, [(weak_big, 0.70), (weaker, 0.65)])
+    strict = {"WT": 0.8, "TC": 0.0, "ET": 0.0}
+    emptied = PostprocessRules(min_component_probability=strict).apply(labels, probabilities=probs)
+    assert not emptied.any()
+    kept = PostprocessRules(min_component_probability=strict, keep_one_tumour=True).apply(labels, probabilities=probs)
+    assert np.array_equal(kept[weak_big], labels[weak_big]) and not kept[weaker].any()
+    probs = _probabilities(labels, [(weak_big, 0.60), (weaker, 0.70)])  # now the small one is the more confident
+    kept = PostprocessRules(min_component_probability=strict, keep_one_tumour=True).apply(labels, probabilities=probs)
+    assert not kept[weak_big].any() and np.array_equal(kept[weaker], labels[weaker])
+    by_size = PostprocessRules({"WT": 1000.0, "TC": 0.0, "ET": 0.0}, keep_one_tumour=True).apply(labels)
+    assert np.array_equal(by_size[weak_big], labels[weak_big]) and not by_size[weaker].any()
+    labels[weaker] = 0
+    labels[20:24, 20:24, 20:24] = 2
+    probs = _probabilities(labels, [(weaker, 0.95), (weak_big, 0.70)])
+    confident = PostprocessRules(min_component_probability=strict, keep_one_tumour=True).apply(labels, probabilities=probs)
+    assert not confident[weak_big].any() and confident[weaker].all()  # a confident tumour: the rule works as before
+
+
+def test_keep_one_tumour_is_written_and_read(tmp_path):
+    rules = PostprocessRules({"WT": 10.0, "TC": 0.0, "ET": 0.0}, 0.0, keep_one_tumour=True)
+    write_rules(tmp_path / "p.json", rules, True, [], {})
+    assert read_rules(tmp_path / "p.json").keep_one_tumour
+    rules, _ = fit_rules([(_tumour(), _tumour(), (1.0, 1.0, 1.0), None)], PostprocessSettings(component_mm3=(0,), et_volume_mm3=(0,), keep_one_tumour=False))
+    assert not rules.keep_one_tumour

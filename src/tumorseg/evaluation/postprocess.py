@@ -9,7 +9,11 @@ What BraTS winners do after the network, as explicit, fitted rules:
   the same way: on the default's validation patients the networks' false-positive tumours (mimics) are
   predicted with less confidence than true tumours (unet: mean WT probability 0.70-0.89 against 0.85-0.95);
 * a patient whose whole predicted ET is smaller than a volume gets it relabelled as necrotic core
-  (patients without enhancing tumour are common, and one false ET voxel there scores ET Dice 0).
+  (patients without enhancing tumour are common, and one false ET voxel there scores ET Dice 0);
+* with ``keep_one_tumour`` (the default) the WT rules never empty a patient whose network predicted tumour:
+  its most confident WT component (the largest without probabilities) is kept. Every BraTS-Africa case has a
+  tumour, so a rule that deletes a patient's only tumour trades one whole patient (Dice 0) for nothing; a size or
+  confidence level fitted on a dozen validation patients does not see that case often enough to avoid it.
 
 ``postprocess@<model>`` fits the thresholds on the validation patients (greedily, WT then TC then
 ET, size then confidence, each step keeping the candidate with the best mean lesion-wise Dice of its region among those
@@ -50,6 +54,8 @@ class PostprocessSettings(Checked):
     # candidate minimum mean probability of a component's region (0: keep every component)
     component_probability: tuple[float, ...] = field(default=(0,), metadata=in_range(0, 1))
     et_volume_mm3: tuple[float, ...] = field(default=(0, 10, 25, 50, 100, 200, 400), metadata=in_range(0))
+    # never let the WT rules delete every tumour of a patient (BraTS-Africa: every case has one)
+    keep_one_tumour: bool = True
 
     def check(self) -> None:
         for key in ("component_mm3", "component_probability", "et_volume_mm3"):
@@ -65,6 +71,7 @@ class PostprocessRules:
     min_component_mm3: dict[str, float] = field(default_factory=lambda: {r: 0.0 for r in REGION_NAMES})
     min_et_volume_mm3: float = 0.0
     min_component_probability: dict[str, float] = field(default_factory=lambda: {r: 0.0 for r in REGION_NAMES})
+    keep_one_tumour: bool = False
 
     def apply(self, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), probabilities: np.ndarray | None = None) -> np.ndarray:
         """The post-processed copy of a (X, Y, Z) BraTS label map; ``probabilities``: the (3, X, Y, Z) uint8 quantized
@@ -78,12 +85,33 @@ class PostprocessRules:
                     raise ValueError(f"post-processing drops {region} components below mean probability {level}: "
                                      f"it needs the predicted probabilities, not only the labels")
                 out = drop_unconfident_components(out, region, level, probabilities[i])
+            if region == "WT" and self.keep_one_tumour:
+                out = restore_one_tumour(labels, out, None if probabilities is None else probabilities[0])
         return relabel_small_et(out, self.min_et_volume_mm3, spacing)
 
     @property
     def is_identity(self) -> bool:
         return (self.min_et_volume_mm3 == 0 and not any(self.min_component_mm3.values())
                 and not any(self.min_component_probability.values()))
+
+
+def restore_one_tumour(before: np.ndarray, after: np.ndarray, wt_probability: np.ndarray | None) -> np.ndarray:
+    """``after`` with ``before``'s most confident WT component (largest when ``wt_probability`` is None) put back
+    when the WT rules removed every WT component ``before`` had."""
+    wt_before = region_mask(before, "WT")
+    if not wt_before.any() or region_mask(after, "WT").any():
+        return after
+    components, n = ndimage.label(wt_before, structure=CONNECTIVITY_26)
+    sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
+    if wt_probability is None:
+        keep = int(np.argmax(sizes)) + 1
+    else:
+        sums = np.bincount(components.ravel(), weights=wt_probability.ravel().astype(np.float64), minlength=n + 1)[1:]
+        keep = int(np.argmax(sums / sizes)) + 1
+    out = after.copy()
+    inside = components == keep
+    out[inside] = before[inside]
+    return out
 
 
 def drop_unconfident_components(labels: np.ndarray, region: str, min_probability: float, probability: np.ndarray) -> np.ndarray:
@@ -145,10 +173,10 @@ def fit_rules(cases: list[tuple[np.ndarray, np.ndarray, tuple[float, float, floa
     """Thresholds chosen on ``cases`` (the validation patients' predicted and true label maps, spacing and predicted
     probabilities), and
     the figures behind every choice: one record per step with each candidate's mean Dice."""
-    rules = PostprocessRules()
     steps: list[dict] = []
     if not settings.enabled:
-        return rules, steps
+        return PostprocessRules(), steps
+    rules = PostprocessRules(keep_one_tumour=settings.keep_one_tumour)
     plan = [step for r in REGION_NAMES for step in ((r, "component", sorted(settings.component_mm3)),
                                                     (r, "probability", sorted(settings.component_probability)))
             if len(step[2]) > 1 or step[1] == "component"] + [("ET", "volume", sorted(settings.et_volume_mm3))]
@@ -203,7 +231,8 @@ def read_rules(path: Path) -> PostprocessRules:
             return PostprocessRules()
         rules = doc["rules"]
         return PostprocessRules({r: float(v) for r, v in rules["min_component_mm3"].items()}, float(rules["min_et_volume_mm3"]),
-                                {r: float(v) for r, v in rules.get("min_component_probability", {}).items()})
+                                {r: float(v) for r, v in rules.get("min_component_probability", {}).items()},
+                                bool(rules.get("keep_one_tumour", False)))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: not a tumorseg post-processing file ({type(exc).__name__}: {exc}); rerun "
                          f"`dvc repro postprocess@<model>`") from None
