@@ -1,22 +1,43 @@
-"""GPU check and benchmark: the CUDA path of training and inference, at the real data's size.
+"""GPU benchmark at BraTS-Africa's size (issue 14, item 2): how fast the pipeline's own training loop runs on one GPU,
+which settings make it faster, what that costs in validation Dice, and what the real-data profile costs projected.
 
-Run on a machine with a CUDA GPU (it refuses to run without one):
+Run on a machine with a CUDA GPU (``--device cpu`` only for a smoke test of the script itself):
 
-    python bench/gpu.py --store data/preprocessed --split data/split.parquet --out bench/results/gpu.md
+    python bench/gpu.py --patients 20 --work .bench-gpu --out bench/results/gpu.md
+    python bench/gpu.py --work .bench-gpu --side-by-side --out bench/results/gpu_side_by_side.md   # after the first
 
-1. Throughput at BraTS-Africa's 240 x 240: training slices/s per model with bf16 autocast and in
-   fp32 (channels_last, the params.yaml batch sizes of the real-data profile: 16 / 16 / 8), and the
-   seconds to predict one 240 x 240 x 155 volume (155 slices, batch 32, bf16).
-2. The pipeline's own `train_model` on CUDA with `train.device: auto` and `train.amp: auto` (which
-   must pick cuda and bf16), run twice with `deterministic: true`: the loss must stay finite and
-   both runs must give byte-identical weights.
+1. Generates ``--patients`` synthetic patients at 240 x 240 x 155 with the pipeline's own download, preprocess and
+   split code (70 / 15 / 15 by patient), into ``--work`` (kept: a second run reuses it).
+2. For every model, trains with the pipeline's ``train_model`` (whole 240 x 240 slices, bf16 autocast, channels_last,
+   the real-data profile's batch size, learning rate and architecture; pretrained weights off: none are on the GPU
+   machine) ``--epochs`` epochs over all training slices, under each configuration:
+
+   - ``before``: ``deterministic: true`` (cuDNN autotuning off), the reference AdamW, eager: the loop as it was;
+   - ``eager``: ``deterministic: false`` (cuDNN autotuning), fused AdamW;
+   - ``eager_2x``: the same with twice the batch size and twice the learning rate (linear scaling);
+   - ``compiled_2x``: ``eager_2x`` with ``train.compile: true``.
+
+   Throughput is training slices per second over the epochs after the first (the first holds compilation and
+   autotuning), measured by the loop itself (``on_epoch``), the epoch's GPU work synchronised.
+3. Criterion, fixed before the run: a model's GPU configuration is the fastest one whose validation mean Dice after
+   the last epoch is at least ``before``'s minus 0.02 (equal epochs, same data, same seed; the non-deterministic
+   configurations move by run-to-run noise, which 0.02 is meant to cover).
+4. Projects the real-data profile (146 patients: 102 train, 22 validation, with this data's slices per patient,
+   100 epochs per model) from the measured training and validation speeds; target: the three models together in at
+   most 30 minutes of training.
+
+``--side-by-side`` then trains the three models (their chosen configuration) one after the other and all three at once
+as separate processes on the one GPU, and compares the wall-clock times (issue 14, item 4).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
+import json
+import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,104 +45,218 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
 
-from tumorseg.models import MODEL_NAMES, build_model, count_parameters  # noqa: E402
-from tumorseg.training.losses import segmentation_loss  # noqa: E402
+from tumorseg.models import MODEL_NAMES  # noqa: E402
+from tumorseg.training.settings import AugmentSettings, ModelSettings, TrainSettings  # noqa: E402
 
 from _output import emit  # noqa: E402  (bench/ is on sys.path when a script runs)
 
-BATCH = {"unet": 16, "resnet_unet": 16, "transunet": 8}
-ARCH = {"unet": {"base_channels": 32}, "resnet_unet": {}, "transunet": {}}  # the real-data profile's sizes
+# The real-data profile's per-model settings (README, "The real-data profile"), pretrained weights off.
+PROFILE = {
+    "unet": {"batch_size": 16, "lr": 1e-4, "arch": {"base_channels": 32}},
+    "resnet_unet": {"batch_size": 16, "lr": 1e-4, "arch": {"decoder_channels": [256, 128, 64, 32, 16]}},
+    "transunet": {"batch_size": 8, "lr": 1e-5, "arch": {"head_channels": 512}},
+}
+CONFIGS = {
+    "before": {"deterministic": True, "fused": False, "scale": 1, "compile": False},
+    "eager": {"deterministic": False, "fused": True, "scale": 1, "compile": False},
+    "eager_2x": {"deterministic": False, "fused": True, "scale": 2, "compile": False},
+    "compiled_2x": {"deterministic": False, "fused": True, "scale": 2, "compile": True},
+}
+DICE_TOLERANCE = 0.02
+REAL = {"patients": 146, "train": 102, "val": 22, "epochs": 100, "target_minutes": 30}
 
 
-def _sync():
-    torch.cuda.synchronize()
+def build_dataset(work: Path, patients: int, shape: tuple[int, int, int], workers: int) -> dict:
+    """The pipeline's data stages on ``patients`` synthetic full-size cases, once per ``work`` folder."""
+    from tumorseg.data.download import DataSettings, run_download
+    from tumorseg.data.preprocess import PreprocessSettings, run_preprocess
+    from tumorseg.data.split import SplitSettings, run_split
+    from tumorseg.data.synthetic import SyntheticSettings
+
+    done = work / "dataset.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = DataSettings(synthetic=SyntheticSettings(n_patients=patients, shape=shape), workers=workers)
+    run_download(data, work / "raw", work / "manifest.parquet", work / "downloads")
+    index = run_preprocess(PreprocessSettings(workers=workers), work / "manifest.parquet", work / "raw", work / "pre")
+    split = run_split(SplitSettings(), work / "pre" / "slice_index.parquet", work / "split.parquet")
+    counts = split.groupby("split")["case_id"].nunique().to_dict()
+    info = {"patients": patients, "shape": list(shape), "seconds": round(time.perf_counter() - t0, 1),
+            "slices_per_patient": round(len(index) / patients, 1), "patients_by_split": counts,
+            "slices_by_split": split["split"].value_counts().to_dict()}
+    done.write_text(json.dumps(info))
+    return info
 
 
-def train_throughput(name: str, amp: bool, size: int = 240, steps: int = 20) -> float:
-    torch.manual_seed(0)
-    model = build_model(name, **ARCH[name]).cuda().to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), 1e-4)
-    bs = BATCH[name]
-    x = torch.randn(bs, 4, size, size, device="cuda").contiguous(memory_format=torch.channels_last)
-    y = (torch.rand(bs, 3, size, size, device="cuda") > 0.95).float()
-    for i in range(steps + 5):
-        if i == 5:
-            _sync()
-            t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        loss = segmentation_loss(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    _sync()
-    return steps * bs / (time.perf_counter() - t0)
+@contextlib.contextmanager
+def reference_adamw(active: bool):
+    """``before`` measures the loop as it was: AdamW without the fused kernel."""
+    if not active:
+        yield
+        return
+    original = torch.optim.AdamW
+
+    def unfused(*args, **kwargs):
+        kwargs.pop("fused", None)
+        return original(*args, **kwargs)
+
+    torch.optim.AdamW = unfused
+    try:
+        yield
+    finally:
+        torch.optim.AdamW = original
 
 
-@torch.no_grad()
-def volume_seconds(name: str, size: int = 240, depth: int = 155, batch: int = 32) -> float:
-    model = build_model(name, **ARCH[name]).cuda().eval().to(memory_format=torch.channels_last)
-    volume = torch.randn(depth, 4, size, size)  # on the host, as a loaded NIfTI volume is
-    times = []
-    for _ in range(4):
-        _sync()
-        t0 = time.perf_counter()
-        for start in range(0, depth, batch):
-            x = volume[start:start + batch].cuda(non_blocking=True).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                (model(x).float() > 0).cpu()
-        _sync()
-        times.append(time.perf_counter() - t0)
-    return min(times[1:])
+def settings_for(name: str, config: str, epochs: int, device: str) -> tuple[TrainSettings, ModelSettings]:
+    c, p = CONFIGS[config], PROFILE[name]
+    train = TrainSettings(epochs=epochs, samples_per_epoch=0, patch_size=0, foreground_fraction=0.33, patience=0,
+                          device=device, amp="auto", channels_last=True, deterministic=c["deterministic"],
+                          compile=c["compile"], augment=AugmentSettings(), eval_batch_size=32, seed=42)
+    model = ModelSettings(lr=p["lr"] * c["scale"], batch_size=p["batch_size"] * c["scale"], arch=p["arch"])
+    return train, model
 
 
-def pipeline_training(store: Path, split: Path) -> list[str]:
+def train_once(name: str, config: str, epochs: int, work: Path, device: str) -> dict:
     from tumorseg.training.loop import train_model
-    from tumorseg.training.settings import ModelSettings, TrainSettings
 
-    train = TrainSettings(epochs=3, samples_per_epoch=512, patience=0, device="auto", amp="auto", deterministic=True, patch_size=64)
-    lines = []
-    for name in MODEL_NAMES:
-        model = ModelSettings(lr=1e-3, batch_size=BATCH[name], arch={})
-        shas = []
-        for attempt in range(2):
-            with tempfile.TemporaryDirectory() as tmp:
-                t0 = time.perf_counter()
-                config = train_model(name, train, model, store, split, Path(tmp) / "out", Path(tmp) / "ckpt")
-                seconds = time.perf_counter() - t0
-                shas.append(hashlib.sha256((Path(tmp) / "out" / "model.safetensors").read_bytes()).hexdigest())
-        lines.append(f"| {name} | {config['best_val_dice_mean']:.3f} | {seconds:.1f} | "
-                     f"{'identical' if shas[0] == shas[1] else 'DIFFERENT'} ({shas[0][:12]}) |")
-    return lines
+    train, model = settings_for(name, config, epochs, device)
+    records: list[dict] = []
+    if train.compile:
+        torch._dynamo.reset()  # each configuration compiles from scratch (the on-disk cache may still help)
+    with tempfile.TemporaryDirectory() as tmp, reference_adamw(not CONFIGS[config]["fused"]):
+        t0 = time.perf_counter()
+        train_model(name, train, model, work / "pre", work / "split.parquet", Path(tmp) / "out", Path(tmp) / "ckpt",
+                    on_epoch=records.append)
+        wall = time.perf_counter() - t0
+    later = records[1:] or records
+    return {"model": name, "config": config, "batch_size": model.batch_size, "lr": model.lr, "wall_s": wall,
+            "first_epoch_s": records[0]["train_seconds"],
+            "slices_per_s": sum(r["slices"] for r in later) / sum(r["train_seconds"] for r in later),
+            "val_seconds": sum(r["val_seconds"] for r in later) / len(later),
+            "val_dice_mean": records[-1]["val_dice_mean"], "val_dice": [round(r["val_dice_mean"], 4) for r in records]}
+
+
+def project(result: dict, info: dict) -> float:
+    """Minutes of the real-data profile for one model: 100 epochs of training and validation."""
+    per_patient = info["slices_per_patient"]
+    val_slices_here = info["slices_by_split"]["val"]
+    epoch = REAL["train"] * per_patient / result["slices_per_s"] + result["val_seconds"] * REAL["val"] * per_patient / val_slices_here
+    return REAL["epochs"] * epoch / 60
+
+
+def benchmark(args, info: dict) -> str:
+    device = "cuda" if args.device == "cuda" else "cpu"
+    rows, chosen, failed = [], {}, []
+    results_file = args.work / "results.json"
+    results: list[dict] = json.loads(results_file.read_text()) if results_file.is_file() else []
+    for name in args.models:
+        by_config = {}
+        for config in args.configs:
+            r = next((x for x in results if x["model"] == name and x["config"] == config and x["epochs"] == args.epochs), None)
+            if r is None:
+                try:
+                    r = train_once(name, config, args.epochs, args.work, device) | {"epochs": args.epochs}
+                except Exception as exc:  # one configuration failing (a compiler error, say) must not lose the others
+                    print(f"{name} {config} FAILED: {type(exc).__name__}: {exc}", flush=True)
+                    failed.append(f"- {name} {config}: failed with {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                    continue
+                results.append(r)
+                results_file.write_text(json.dumps(results, indent=1))
+            by_config[config] = r
+            print(f"{name} {config}: {r['slices_per_s']:.0f} slices/s, val Dice {r['val_dice']}, first epoch "
+                  f"{r['first_epoch_s']:.1f} s, wall {r['wall_s']:.1f} s", flush=True)
+        base = by_config.get("before")
+        ok = [r for r in by_config.values() if base is None or r["val_dice_mean"] >= base["val_dice_mean"] - DICE_TOLERANCE]
+        chosen[name] = max(ok, key=lambda r: r["slices_per_s"])
+        for config, r in by_config.items():
+            rows.append(f"| {name} | {config}{' **(chosen)**' if r is chosen[name] else ''} | {r['batch_size']} | {r['lr']:g} | {r['slices_per_s']:.0f} | "
+                        f"{r['slices_per_s'] / base['slices_per_s']:.2f}x | {r['first_epoch_s']:.1f} | "
+                        f"{' / '.join(f'{d:.3f}' for d in r['val_dice'])} | {project(r, info):.1f} |")
+    (args.work / "chosen.json").write_text(json.dumps({n: r["config"] for n, r in chosen.items()}))
+    gpu = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "CPU"
+    before_total = sum(project(r, info) for r in results if r["config"] == "before" and r["model"] in args.models
+                       and r["epochs"] == args.epochs)
+    chosen_total = sum(project(r, info) for r in chosen.values())
+    lines = [
+        f"`python bench/gpu.py --patients {info['patients']} --epochs {args.epochs}` on {gpu}, torch {torch.__version__}, "
+        f"Python {platform.python_version()}",
+        "",
+        f"Data: {info['patients']} synthetic patients at {' x '.join(map(str, info['shape']))} "
+        f"({info['patients_by_split']}; {info['slices_per_patient']} slices per patient; the data stages took "
+        f"{info['seconds']} s). Whole slices, bf16 autocast, channels_last, the real-data profile's architectures.",
+        "",
+        "| model | config | batch | lr | train slices/s | vs before | first epoch (s) | val mean Dice per epoch | "
+        "real-data profile, projected (min) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        *([""] + failed if failed else []),
+        "",
+        f"Projected training + validation of the real-data profile ({REAL['train']} train / {REAL['val']} validation patients, "
+        f"{REAL['epochs']} epochs per model): **{before_total:.0f} min before, {chosen_total:.0f} min with each model's chosen "
+        f"configuration** (target: {REAL['target_minutes']} min for the three; "
+        f"{'MET' if chosen_total <= REAL['target_minutes'] else 'NOT MET'}). Chosen: the fastest configuration whose last "
+        f"validation mean Dice is at least `before`'s minus {DICE_TOLERANCE}.",
+    ]
+    return "\n".join(lines)
+
+
+def side_by_side(args, info: dict) -> str:
+    chosen = json.loads((args.work / "chosen.json").read_text())
+    cmd = [sys.executable, __file__, "--work", str(args.work), "--device", args.device, "--epochs", str(args.epochs)]
+
+    def launch(name):
+        return subprocess.Popen(cmd + ["--child", name, "--child-config", chosen[name]], env=os.environ | {"PYTHONUNBUFFERED": "1"})
+
+    t0 = time.perf_counter()
+    for name in args.models:
+        if launch(name).wait() != 0:
+            sys.exit(f"side by side: {name} failed")
+    sequential = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    procs = [launch(name) for name in args.models]
+    if any(p.wait() != 0 for p in procs):
+        sys.exit("side by side: a concurrent training failed")
+    concurrent = time.perf_counter() - t0
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    return "\n".join([
+        f"`python bench/gpu.py --side-by-side --epochs {args.epochs}` on {gpu}: the trainings ({chosen}, "
+        f"{args.epochs} epochs each, every process importing torch and loading its bank"
+        f"{' and compiling' if any(CONFIGS[c]['compile'] for c in chosen.values()) else ''} on its own)",
+        "", "| how | wall-clock (s) |", "|---|---|",
+        f"| one after the other | {sequential:.1f} |", f"| all three at once, one process each | {concurrent:.1f} |",
+        "", f"At once / one after the other: **{concurrent / sequential:.2f}x** the time."])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", type=Path, required=True)
-    ap.add_argument("--split", type=Path, required=True)
+    ap.add_argument("--patients", type=int, default=20)
+    ap.add_argument("--shape", type=int, nargs=3, default=[240, 240, 155])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--models", nargs="+", default=list(MODEL_NAMES))
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--work", type=Path, default=REPO / ".bench-gpu")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a smoke test of this script only")
+    ap.add_argument("--side-by-side", action="store_true")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--child-config", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench/gpu.py needs a CUDA GPU; none is visible")
-    from tumorseg.models.runtime import pick_amp_dtype, pick_device
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench/gpu.py needs a CUDA GPU; none is visible (--device cpu runs a smoke test)")
+    from tumorseg.logs import setup_logging
 
-    device = pick_device("auto")
-    lines = [f"`python bench/gpu.py` on {torch.cuda.get_device_name()}, torch {torch.__version__}, {platform.python_version()}",
-             "", f"- `train.device: auto` -> {device}; `train.amp: auto` -> {pick_amp_dtype('auto', device)}", "",
-             "| model | parameters | train bf16 (slices/s) | train fp32 (slices/s) | bf16 speed-up | predict 240x240x155 bf16 (s) |",
-             "|---|---|---|---|---|---|"]
-    for name in MODEL_NAMES:
-        bf16, fp32 = train_throughput(name, True), train_throughput(name, False)
-        params = count_parameters(build_model(name, **ARCH[name]))
-        lines.append(f"| {name} | {params / 1e6:.1f} M | {bf16:.0f} | {fp32:.0f} | {bf16 / fp32:.2f}x | {volume_seconds(name):.2f} |")
-        print(lines[-1], flush=True)
-    lines += ["", "Pipeline training on CUDA (3 epochs x 512 samples, 64 x 64 patches, deterministic), run twice:", "",
-              "| model | best val mean Dice | seconds | weights of the two runs |", "|---|---|---|---|"]
-    lines += pipeline_training(args.store, args.split)
-    text = "\n".join(lines)
-    emit(text, args.out)
+    setup_logging()
+    if args.child:
+        train_once(args.child, args.child_config, args.epochs, args.work, args.device)
+        return
+    info = build_dataset(args.work, args.patients, tuple(args.shape), workers=max(1, min(16, os.cpu_count() or 1)))
+    print(f"data: {info}", flush=True)
+    emit(side_by_side(args, info) if args.side_by_side else benchmark(args, info), args.out)
 
 
 if __name__ == "__main__":

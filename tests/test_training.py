@@ -279,3 +279,33 @@ def test_vectorised_patch_centres_equal_the_per_sample_loop(seed):
         got = random_patches(x, y, 32, kinds, torch.Generator().manual_seed(seed), thresholds)[0]
         want = _patches_one_by_one(x, y, 32, kinds, torch.Generator().manual_seed(seed), thresholds)
         assert all(torch.equal(got[i], want[i]) for i in range(n))
+
+
+def test_compile_wraps_the_training_step_only_and_epochs_report_their_timings(tiny_pipeline, monkeypatch):
+    """train.compile: true runs the training step through torch.compile's module (here a recording stand-in, so the
+    test costs no compilation), while validation and the saved weights use the model itself; on_epoch receives each
+    epoch's record with its timings."""
+    root = tiny_pipeline
+    compiled, calls = [], []
+
+    def fake_compile(model):
+        compiled.append(model)
+
+        def step(x):
+            calls.append(tuple(x.shape))
+            return model(x)
+        return step
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    records = []
+    train = TrainSettings(**{**TRAIN.__dict__, "compile": True})
+    train_model("unet", train, UNET, root / "pre", root / "split.parquet", root / "c" / "model", root / "c" / "ckpt",
+                on_epoch=records.append)
+    steps = TRAIN.epochs * (TRAIN.samples_per_epoch // UNET.batch_size)
+    assert len(compiled) == 1 and len(calls) == steps, "every training step, and nothing else, went through the compiled module"
+    assert all(shape[0] == UNET.batch_size for shape in calls)
+    _train(root, "eager")
+    assert _sha(root / "c" / "model" / "model.safetensors") == _sha(root / "eager" / "model" / "model.safetensors")
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert all(r["slices"] == steps // TRAIN.epochs * UNET.batch_size and r["train_seconds"] > 0 and r["val_seconds"] > 0
+               for r in records)

@@ -99,7 +99,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def configure_determinism(deterministic: bool, device: torch.device) -> None:
-    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.benchmark = not deterministic  # autotuning picks the fastest kernels, not the same ones each run
+    torch.use_deterministic_algorithms(False)  # process-wide: a deterministic run earlier in this process must not leak
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
         if device.type == "cuda":

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from tumorseg.data.labels import SEQUENCES
+from tumorseg.training.data import to_device
 from tumorseg.training.settings import AugmentSettings
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -28,7 +29,7 @@ class Transform(Protocol):
 
 def uniform(generator: torch.Generator, device: torch.device, *shape: int) -> torch.Tensor:
     """U[0, 1) numbers drawn on the CPU (so the stream is the same on every device), then moved."""
-    return torch.rand(*shape, generator=generator).to(device)
+    return to_device(torch.rand(*shape, generator=generator), device)
 
 
 @dataclass(frozen=True)

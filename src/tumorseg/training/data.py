@@ -19,6 +19,15 @@ from tumorseg.data.context import centre_slice, context_rows, stack_context
 from tumorseg.data.slices import image_file, label_file
 
 
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on ``device``; to a GPU through pinned memory without blocking, because a plain copy of pageable
+    memory makes the host wait until the GPU has finished every queued step (a sync in each training step)."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 FLAIR, T1C = 3, 1  # channels of t2f and t1c in the stacked input (SEQUENCES order)
 UNIFORM, TUMOUR, MIMIC = 0, 1, 2  # how a sample was drawn (and where its patch is centred)
 
@@ -163,20 +172,20 @@ def random_patches(images: torch.Tensor, targets: torch.Tensor, size: int, centr
         # The centre is the k-th voxel (row-major) of the sample's tumour (or mimic) mask, k = pick x count: found for
         # the whole batch at once by a cumulative count, with no per-sample loop or host round trip.
         wt = targets[:, 0] > 0
-        where = wt & (kinds == TUMOUR).to(wt.device)[:, None, None]
+        where = wt & to_device(kinds == TUMOUR, wt.device)[:, None, None]
         if mimic_thresholds is not None and (kinds == MIMIC).any():
             mimic = mimic_voxels(centre_slice(images), wt, mimic_thresholds)
-            where = where | (mimic & (kinds == MIMIC).to(wt.device)[:, None, None])
+            where = where | (mimic & to_device(kinds == MIMIC, wt.device)[:, None, None])
         running = where.flatten(1).cumsum(1)  # (N, H * W)
         counts = running[:, -1]
-        k = torch.minimum((picks.to(counts.device) * counts).long(), (counts - 1).clamp(min=0))
+        k = torch.minimum((to_device(picks, counts.device) * counts).long(), (counts - 1).clamp(min=0))
         flat = torch.searchsorted(running, (k + 1)[:, None]).squeeze(1)
         found = (counts > 0).cpu()
         cy, cx = (flat // w).cpu(), (flat % w).cpu()
         tops = torch.where(found, (cy - ph // 2).clamp(0, h - ph), tops)
         lefts = torch.where(found, (cx - pw // 2).clamp(0, w - pw), lefts)
-    rows = (tops[:, None] + torch.arange(ph)).to(images.device)  # (N, ph)
-    cols = (lefts[:, None] + torch.arange(pw)).to(images.device)  # (N, pw)
+    rows = to_device(tops[:, None] + torch.arange(ph), images.device)  # (N, ph)
+    cols = to_device(lefts[:, None] + torch.arange(pw), images.device)  # (N, pw)
     batch = torch.arange(n, device=images.device)[:, None, None]
     cut = lambda t: t.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
     return cut(images), cut(targets)

@@ -32,7 +32,7 @@ from tumorseg.models.runtime import autocast, configure_determinism, pick_amp_dt
 from tumorseg.tracking import TAG_DATA, TAG_WEIGHTS, MlflowSettings, TrainingRun
 from tumorseg.training import checkpoint
 from tumorseg.training.augment import build_augmentation
-from tumorseg.training.data import SliceBank, epoch_indices, find_mimics, load_bank, random_patches
+from tumorseg.training.data import SliceBank, epoch_indices, find_mimics, load_bank, random_patches, to_device
 from tumorseg.training.losses import segmentation_loss
 from tumorseg.training.settings import ModelSettings, TrainSettings
 
@@ -131,8 +131,12 @@ def train_model(
     mlflow_settings: MlflowSettings | None = None,
     preprocess_config: dict | None = None,
     manifest_path: Path | None = None,
+    on_epoch=None,
 ) -> dict:
-    """Train ``name`` and write ``out_dir/{model.safetensors, model.json, history.csv}``."""
+    """Train ``name`` and write ``out_dir/{model.safetensors, model.json, history.csv}``.
+
+    ``on_epoch(record)``, if given, receives each epoch's history record plus its timings (``train_seconds``,
+    ``val_seconds``, ``slices``): what bench/gpu.py measures throughput with, through the loop itself."""
     device = pick_device(train.device)
     amp_dtype = pick_amp_dtype(train.amp, device)
     configure_determinism(train.deterministic, device)
@@ -161,7 +165,13 @@ def train_model(
     model = build_model(name, in_channels=input_channels(train.context_slices), **model_cfg.arch).to(device)
     if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=model_cfg.lr, weight_decay=train.weight_decay)
+    # Fused AdamW (one kernel for every parameter) on CUDA only: the CPU keeps the reference implementation, so CPU
+    # runs reproduce the committed metrics.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=model_cfg.lr, weight_decay=train.weight_decay,
+                                  fused=True if device.type == "cuda" else None)
+    # The compiled module shares the parameters of `model`; validation and saving use `model` itself, so whole-slice
+    # validation batches never trigger a recompile of the patch-sized training graph.
+    step_model = torch.compile(model) if train.compile else model
     augmentation = build_augmentation(train.augment)
     n_samples = train.samples_per_epoch or len(train_bank)
     steps_per_epoch = max(1, n_samples // model_cfg.batch_size)
@@ -197,6 +207,7 @@ def train_model(
             torch.manual_seed(train.seed + epoch)  # dropout and any other global randomness
             indices, kinds = epoch_indices(train_bank, steps_per_epoch * model_cfg.batch_size, train.foreground_fraction, generator,
                                            train.mimic_fraction)
+            indices = to_device(indices, train_bank.labels.device)  # once per epoch, not once per step
             model.train()
             t0, seen = time.perf_counter(), 0
             # Kept on the device and read every LOG_EVERY steps: a read (float(), isfinite in an if) makes a GPU wait.
@@ -207,7 +218,7 @@ def train_model(
                 lr = lr_at(epoch * steps_per_epoch + step, total_steps, train.warmup_epochs * steps_per_epoch, model_cfg.lr, train.lr_schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                b = indices[step * model_cfg.batch_size:(step + 1) * model_cfg.batch_size].to(train_bank.labels.device)
+                b = indices[step * model_cfg.batch_size:(step + 1) * model_cfg.batch_size]
                 x = train_bank.inputs(b)
                 y = labels_to_regions(train_bank.labels[b])
                 x, y = augmentation(x, y, generator)
@@ -216,7 +227,7 @@ def train_model(
                 if train.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device, amp_dtype):
-                    logits = model(x)
+                    logits = step_model(x)
                 loss = segmentation_loss(logits, y, train.bce_weight, train.dice_weight)
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
                 optimizer.zero_grad(set_to_none=True)
@@ -230,10 +241,15 @@ def train_model(
                                                  f"lower models.{name}.lr or check the input data")
                     bar.set_postfix(loss=f"{float(loss.detach()):.4f}", slices_per_s=f"{seen / (time.perf_counter() - t0):.1f}")
             bar.close()
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # the epoch's work, not only its launches, inside train_seconds
             train_seconds = time.perf_counter() - t0
             val = validate(model, val_bank, train.eval_batch_size, device, amp_dtype, train.channels_last, train.bce_weight, train.dice_weight)
             record = {"epoch": epoch + 1, "lr": lr, "train_loss": float(loss_sum) / max(seen, 1), **val}
             history.append(record)
+            if on_epoch is not None:
+                on_epoch(record | {"train_seconds": train_seconds, "val_seconds": time.perf_counter() - t0 - train_seconds,
+                                   "slices": seen})
             run.log_metrics({k: v for k, v in record.items() if k != "epoch"} | {"slices_per_s": seen / train_seconds,
                             "epoch_seconds": time.perf_counter() - t0}, step=epoch + 1)
             improved = val["val_dice_mean"] > best["score"]

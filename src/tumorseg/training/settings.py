@@ -50,6 +50,9 @@ class TrainSettings(RuntimeSettings):
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     seed: int = 42
     num_threads: int = field(default=0, metadata=in_range(0))  # CPU threads for torch (0: torch's default)
+    # torch.compile the training step's model: pays on a GPU (bench/gpu.py measures it per model), costs compile
+    # time on a small CPU run; the weights saved and validated are the same parameters either way
+    compile: bool = False
     max_val_slices: int = field(default=0, metadata=in_range(0))  # 0: every validation slice
 
     def check(self) -> None:
