@@ -41,9 +41,29 @@ class SliceBank:
     has_mimic: torch.Tensor | None = None  # (N,) bool: tumour-bright voxels outside the tumour (see find_mimics)
     mimic_thresholds: tuple[float, float] = (float("inf"), float("inf"))  # FLAIR, T1c levels of "tumour-bright"
     neighbours: torch.Tensor | None = None  # (N, 2k + 1) bank rows of each slice's neighbours (-1: none), for 2.5D input
+    target: torch.device | None = None  # train.bank: host -> the device batches are sent to; None: where the bank is
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def rows_device(self) -> torch.device:
+        """Where the row indices given to ``batch`` must be."""
+        return self.labels.device
+
+    @property
+    def device(self) -> torch.device:
+        """Where ``batch`` delivers."""
+        return self.target or self.labels.device
+
+    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float32 model input, uint8 labels) of bank ``rows``, on ``device``; from a host bank the float16 slices
+        travel, half the bytes of the float32 input."""
+        images = self.images[rows] if self.neighbours is None else stack_context(self.images, self.neighbours[rows])
+        labels = self.labels[rows]
+        if self.target is not None:
+            images, labels = to_device(images, self.target), to_device(labels, self.target)
+        return images.float(), labels
 
     def to(self, device: torch.device) -> "SliceBank":
         return replace(self, images=self.images.to(device), labels=self.labels.to(device), has_tumour=self.has_tumour.to(device),
@@ -93,6 +113,110 @@ def load_bank(store_dir: Path, slices: pd.DataFrame, context: int = 0) -> SliceB
     )
 
 
+class NpyRows:
+    """Rows of a stored ``.npy`` array read with plain file reads: nothing is memory-mapped, so what is read
+    leaves no pages in this process (a memory map's touched pages count against its RSS until it is closed)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                self.shape, fortran, self.dtype = read_header(f)
+            except ValueError as exc:
+                raise ValueError(f"{self.path}: not a .npy slice array ({exc}); rerun `dvc repro preprocess`") from None
+            self.offset = f.tell()
+        if fortran:
+            raise ValueError(f"{self.path}: stored in Fortran order, which the slice store never writes; rerun `dvc repro preprocess`")
+        self.row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows (sorted, unique), reading each run of consecutive rows at once."""
+        out = np.empty((len(rows),) + tuple(self.shape[1:]), dtype=self.dtype)
+        if len(rows) == 0:
+            return out
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(rows) != 1) + 1])
+        ends = np.concatenate([starts[1:], [len(rows)]])
+        with open(self.path, "rb", buffering=0) as f:
+            for a, b in zip(starts.tolist(), ends.tolist()):
+                f.seek(self.offset + int(rows[a]) * self.row_bytes)
+                view = memoryview(out[a:b]).cast("B")
+                got = f.readinto(view)
+                if got != len(view):
+                    raise ValueError(f"{self.path}: truncated: rows {int(rows[a])}-{int(rows[b - 1])} end past the file "
+                                     f"({got} of {len(view)} bytes); rerun `dvc repro preprocess`")
+        return out
+
+
+@dataclass
+class StreamBank:
+    """The slices of ``index`` read from the store batch by batch (``train.bank: stream``): host memory holds the
+    index and one batch, not the dataset, so a laptop trains the full BraTS-Africa (~8 GB of float16 slices).
+    Batches equal a SliceBank's, value for value."""
+
+    store_dir: Path
+    index: pd.DataFrame  # slice-index rows, in bank order (sorted by case and slice)
+    target: torch.device
+    context: int = 0
+    has_mimic: torch.Tensor | None = None
+    mimic_thresholds: tuple[float, float] = (float("inf"), float("inf"))
+
+    def __post_init__(self):
+        self.index = self.index.sort_values(["case_id", "slice"]).reset_index(drop=True)
+        self.store_dir = Path(self.store_dir)
+        self.target = torch.device(self.target)
+        self.has_tumour = torch.from_numpy(np.array(self.index["has_tumour"], dtype=bool))
+        codes, self._case_ids = pd.factorize(self.index["case_id"], sort=True)
+        self._case_of = codes.astype(np.int64)
+        self._row_of = self.index["row"].to_numpy(dtype=np.int64)
+        self._files: dict[int, tuple[NpyRows, NpyRows]] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def rows_device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def device(self) -> torch.device:
+        return self.target
+
+    def _case_files(self, code: int) -> tuple[NpyRows, NpyRows]:
+        if code not in self._files:
+            case_id = self._case_ids[code]
+            images, labels = NpyRows(self.store_dir / image_file(case_id)), NpyRows(self.store_dir / label_file(case_id))
+            if len(images) != len(labels):
+                raise ValueError(f"{case_id}: {images.path} holds {len(images)} slices but {labels.path} {len(labels)}; "
+                                 f"rerun `dvc repro preprocess`")
+            self._files[code] = images, labels
+        return self._files[code]
+
+    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = rows.cpu().numpy().astype(np.int64)
+        cases, store_rows = self._case_of[rows], self._row_of[rows]
+        images_out = labels_out = None
+        for code in np.unique(cases).tolist():
+            where = np.flatnonzero(cases == code)
+            images, labels = self._case_files(code)
+            wanted = context_rows(store_rows[where], len(images), self.context)  # (n, 2k + 1); -1: past the slab
+            needed = np.unique(wanted[wanted >= 0])
+            slab = torch.from_numpy(images.read(needed))
+            x = stack_context(slab, torch.from_numpy(np.where(wanted >= 0, np.searchsorted(needed, wanted), -1)))
+            centre = np.unique(store_rows[where])
+            y = labels.read(centre)[np.searchsorted(centre, store_rows[where])]
+            if images_out is None:
+                images_out = torch.empty((len(rows),) + tuple(x.shape[1:]), dtype=x.dtype)
+                labels_out = torch.empty((len(rows),) + y.shape[1:], dtype=torch.uint8)
+            images_out[where] = x
+            labels_out[where] = torch.from_numpy(y)
+        return to_device(images_out, self.target).float(), to_device(labels_out, self.target)
+
+
 def _bank_neighbours(case_id: str, rows: np.ndarray, n_rows: int, context: int, offset: int) -> np.ndarray:
     """Bank positions of the neighbours of one case's ``rows`` (placed in the bank from ``offset``, in row order)."""
     wanted = context_rows(rows, n_rows, context)
@@ -105,6 +229,29 @@ def _bank_neighbours(case_id: str, rows: np.ndarray, n_rows: int, context: int, 
                          f"{sorted(set(wanted[missing].tolist()))[:5]} of this patient, which are not in the same subset "
                          f"(train.tumour_slices_only, train.max_val_slices or split.level: slice leave them out)")
     return found
+
+
+
+BANK_MODES = ("device", "host", "stream")
+
+
+def open_bank(store_dir: Path, slices: pd.DataFrame, context: int, mode: str, device: torch.device,
+              mimics: bool = False) -> "SliceBank | StreamBank":
+    """The slices to train or validate on, held as ``train.bank`` says: ``device`` loads them once onto the training
+    device (fastest: no transfer per step), ``host`` keeps them in host memory and sends each batch (when the GPU
+    cannot hold them), ``stream`` reads each batch from the store (when host memory cannot hold them either).
+    Every mode gives the same batches, value for value."""
+    if mode not in BANK_MODES:
+        raise ValueError(f"train.bank = {mode!r}; expected one of {list(BANK_MODES)}")
+    if mode == "stream":
+        if mimics:
+            raise ValueError("train.bank: stream cannot look for mimic slices (that reads every training slice); "
+                             "set train.mimic_fraction: 0 or train.bank: host")
+        return StreamBank(store_dir, slices, device, context)
+    bank = load_bank(store_dir, slices, context)
+    if mimics:
+        bank = find_mimics(bank)
+    return bank.to(device) if mode == "device" else replace(bank, target=torch.device(device))
 
 
 def mimic_voxels(images: torch.Tensor, tumour: torch.Tensor, thresholds: tuple[float, float]) -> torch.Tensor:
@@ -130,7 +277,7 @@ def find_mimics(bank: SliceBank, quantile: float = 0.75, min_voxels: int = 20, c
                   float(torch.quantile(t1c[:: max(1, len(t1c) // 100_000)], quantile)))
     counts = torch.cat([mimic_voxels(bank.images[i:i + chunk].float(), bank.labels[i:i + chunk] > 0, thresholds).sum((1, 2))
                         for i in range(0, len(bank), chunk)])
-    return SliceBank(bank.images, bank.labels, bank.has_tumour, bank.index, counts >= min_voxels, thresholds)
+    return replace(bank, has_mimic=counts >= min_voxels, mimic_thresholds=thresholds)  # neighbours kept (2.5D)
 
 
 def epoch_indices(bank: SliceBank, n: int, foreground_fraction: float, generator: torch.Generator,

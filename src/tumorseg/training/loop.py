@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import io
 import logging
 import math
@@ -30,9 +31,9 @@ from tumorseg.models import build_model, count_parameters
 from tumorseg.models.io import CONFIG_FILE, WEIGHTS_FILE, save_model
 from tumorseg.models.runtime import autocast, configure_determinism, pick_amp_dtype, pick_device
 from tumorseg.tracking import TAG_DATA, TAG_WEIGHTS, MlflowSettings, TrainingRun
-from tumorseg.training import checkpoint
+from tumorseg.training import checkpoint, distributed
 from tumorseg.training.augment import build_augmentation
-from tumorseg.training.data import SliceBank, epoch_indices, find_mimics, load_bank, random_patches, to_device
+from tumorseg.training.data import SliceBank, StreamBank, epoch_indices, open_bank, random_patches, to_device
 from tumorseg.training.losses import segmentation_loss
 from tumorseg.training.settings import ModelSettings, TrainSettings
 
@@ -66,15 +67,15 @@ def split_slices(store_dir: Path, split_path: Path) -> dict[str, pd.DataFrame]:
 
 
 @torch.no_grad()
-def validate(model, bank: SliceBank, batch_size: int, device, amp_dtype, channels_last: bool, bce_weight=1.0, dice_weight=1.0) -> dict[str, float]:
+def validate(model, bank: SliceBank | StreamBank, batch_size: int, device, amp_dtype, channels_last: bool, bce_weight=1.0, dice_weight=1.0) -> dict[str, float]:
     """Loss and Dice per region over the whole validation set (voxels pooled over slices)."""
     model.eval()
     inter = torch.zeros(3, dtype=torch.float64)
     total = torch.zeros(3, dtype=torch.float64)
     loss_sum, n = 0.0, 0
     for start in range(0, len(bank), batch_size):
-        x = bank.inputs(torch.arange(start, min(start + batch_size, len(bank)), device=bank.labels.device)).to(device)
-        y = labels_to_regions(bank.labels[start:start + batch_size].to(device))
+        x, labels = bank.batch(torch.arange(start, min(start + batch_size, len(bank)), device=bank.rows_device))
+        x, y = x.to(device), labels_to_regions(labels.to(device))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
@@ -136,8 +137,23 @@ def train_model(
     """Train ``name`` and write ``out_dir/{model.safetensors, model.json, history.csv}``.
 
     ``on_epoch(record)``, if given, receives each epoch's history record plus its timings (``train_seconds``,
-    ``val_seconds``, ``slices``): what bench/gpu.py measures throughput with, through the loop itself."""
-    device = pick_device(train.device)
+    ``val_seconds``, ``slices``): what bench/gpu.py measures throughput with, through the loop itself.
+
+    Under torchrun (``train.nproc_per_node``; tumorseg.training.distributed) every rank runs this function on its share
+    of each batch; rank 0 alone validates and writes."""
+    world = distributed.world_from_env()
+    device = distributed.start(world, pick_device(train.device))
+    try:
+        return _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_dir, mlflow_settings,
+                      preprocess_config, manifest_path, on_epoch, world, device)
+    finally:
+        distributed.stop(world)
+
+
+def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_dir, mlflow_settings, preprocess_config,
+           manifest_path, on_epoch, world: distributed.World, device: torch.device) -> dict:
+    if not world.is_main:
+        logging.getLogger("tumorseg").setLevel(logging.WARNING)  # one rank tells the story
     amp_dtype = pick_amp_dtype(train.amp, device)
     configure_determinism(train.deterministic, device)
     if train.num_threads:
@@ -154,13 +170,12 @@ def train_model(
         val_rows = val_rows.iloc[np.linspace(0, len(val_rows) - 1, train.max_val_slices).round().astype(int)]
     if train_rows.empty or val_rows.empty:
         raise ValueError(f"{split_path}: the train or val subset is empty; check split.fractions")
-    train_bank = load_bank(store_dir, train_rows, train.context_slices)
+    train_bank = open_bank(store_dir, train_rows, train.context_slices, train.bank, device, mimics=train.mimic_fraction > 0)
     if train.mimic_fraction > 0:
-        train_bank = find_mimics(train_bank)
         log.info("%s: %d of %d training slices hold tumour mimics (FLAIR >= %.3f or T1c >= %.3f outside the tumour)", name,
                  int(train_bank.has_mimic.sum()), len(train_bank), *train_bank.mimic_thresholds)
-    train_bank = train_bank.to(device)
-    val_bank = load_bank(store_dir, val_rows, train.context_slices).to(device)
+    val_bank = open_bank(store_dir, val_rows, train.context_slices, train.bank, device) if world.is_main else None
+    share = distributed.local_share(model_cfg.batch_size, world) if world.enabled else slice(None)
 
     model = build_model(name, in_channels=input_channels(train.context_slices), **model_cfg.arch).to(device)
     if train.channels_last:
@@ -171,7 +186,6 @@ def train_model(
                                   fused=True if device.type == "cuda" else None)
     # The compiled module shares the parameters of `model`; validation and saving use `model` itself, so whole-slice
     # validation batches never trigger a recompile of the patch-sized training graph.
-    step_model = torch.compile(model) if train.compile else model
     augmentation = build_augmentation(train.augment)
     n_samples = train.samples_per_epoch or len(train_bank)
     steps_per_epoch = max(1, n_samples // model_cfg.batch_size)
@@ -189,40 +203,54 @@ def train_model(
         optimizer.load_state_dict(state["optimizer"])
         history, best, bad_epochs, start_epoch = state["history"], state["best"], state["bad_epochs"], state["epoch"] + 1
         log.info("resuming %s from %s after epoch %d", name, Path(checkpoint_dir) / checkpoint.RESUME_FILE, state["epoch"])
+    train_module = model
+    if world.enabled:  # gradients averaged over the ranks at every step: the global batch is the configured one
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # The compiled module shares the parameters of `model`; validation and saving use `model` itself, so whole-slice
+    # validation batches never trigger a recompile of the patch-sized training graph.
+    step_model = torch.compile(train_module) if train.compile else train_module
 
     params = {"model": name, "train": asdict(train), "models": {name: asdict(model_cfg)}, "device": str(device),
               "amp": str(amp_dtype), "torch": torch.__version__, "parameters": count_parameters(model),
-              "train_slices": len(train_bank), "val_slices": len(val_bank)}
+              "train_slices": len(train_bank), "val_slices": len(val_rows), "processes": world.size}
     tags = {TAG_DATA: sha256_file(manifest_path) if manifest_path and Path(manifest_path).is_file() else "unknown"}
-    run = TrainingRun(mlflow_settings or MlflowSettings(enabled=False), name, params, tags, manifest_path,
+    run = TrainingRun(mlflow_settings if mlflow_settings and world.is_main else MlflowSettings(enabled=False), name, params, tags, manifest_path,
                       resume_run_id=state.get("mlflow_run_id") if state is not None else None)
     if state is not None and not run.resumed:
         for rec in history:  # a new run for a resumed training re-logs the epochs it inherited, so its curves are whole
             run.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=rec["epoch"])
     log.info("training %s: %d params, device %s, autocast %s, %d train / %d val slices, %d epochs x %d steps of %d",
-             name, count_parameters(model), device, amp_dtype, len(train_bank), len(val_bank), epochs, steps_per_epoch, model_cfg.batch_size)
+             name, count_parameters(model), device, amp_dtype, len(train_bank), len(val_rows), epochs, steps_per_epoch, model_cfg.batch_size)
+    if world.enabled:
+        log.info("%s: %d processes, each %d samples of every batch of %d", name, world.size, share.stop - share.start, model_cfg.batch_size)
     try:
         for epoch in range(start_epoch, epochs):
             generator = torch.Generator().manual_seed(train.seed * 100_003 + epoch)
             torch.manual_seed(train.seed + epoch)  # dropout and any other global randomness
             indices, kinds = epoch_indices(train_bank, steps_per_epoch * model_cfg.batch_size, train.foreground_fraction, generator,
                                            train.mimic_fraction)
-            indices = to_device(indices, train_bank.labels.device)  # once per epoch, not once per step
+            indices = to_device(indices, train_bank.rows_device)  # once per epoch, not once per step
+            if world.enabled:  # the same sample list on every rank (above), but each rank its own augmentations
+                generator = torch.Generator().manual_seed((train.seed * 100_003 + epoch) * 1_000 + world.rank + 1)
             model.train()
             t0, seen = time.perf_counter(), 0
             # Kept on the device and read every LOG_EVERY steps: a read (float(), isfinite in an if) makes a GPU wait.
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the first step with a non-finite loss
-            bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{epochs}", unit="step", dynamic_ncols=True, leave=False)
+            bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{epochs}", unit="step", dynamic_ncols=True, leave=False,
+                       disable=None if world.is_main else True)
             for step in bar:
                 lr = lr_at(epoch * steps_per_epoch + step, total_steps, train.warmup_epochs * steps_per_epoch, model_cfg.lr, train.lr_schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                b = indices[step * model_cfg.batch_size:(step + 1) * model_cfg.batch_size]
-                x = train_bank.inputs(b)
-                y = labels_to_regions(train_bank.labels[b])
+                batch_rows = slice(step * model_cfg.batch_size, (step + 1) * model_cfg.batch_size)
+                b = indices[batch_rows][share]
+                x, labels = train_bank.batch(b)
+                y = labels_to_regions(labels)
                 x, y = augmentation(x, y, generator)
-                x, y = random_patches(x, y, train.patch_size, kinds[step * model_cfg.batch_size:(step + 1) * model_cfg.batch_size], generator,
+                x, y = random_patches(x, y, train.patch_size, kinds[batch_rows][share], generator,
                                       train_bank.mimic_thresholds if train.mimic_fraction > 0 else None)
                 if train.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -244,10 +272,17 @@ def train_model(
             if device.type == "cuda":
                 torch.cuda.synchronize()  # the epoch's work, not only its launches, inside train_seconds
             train_seconds = time.perf_counter() - t0
-            val = validate(model, val_bank, train.eval_batch_size, device, amp_dtype, train.channels_last, train.bce_weight, train.dice_weight)
+            if world.enabled:
+                totals = distributed.all_sum(torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=device)]), world)
+                loss_sum, seen = totals[0], int(totals[1])
+            val = None
+            if world.is_main:
+                val = validate(model, val_bank, train.eval_batch_size, device, amp_dtype, train.channels_last, train.bce_weight,
+                               train.dice_weight)
+            val = distributed.broadcast(val, world)  # every rank decides the same early stop
             record = {"epoch": epoch + 1, "lr": lr, "train_loss": float(loss_sum) / max(seen, 1), **val}
             history.append(record)
-            if on_epoch is not None:
+            if on_epoch is not None and world.is_main:
                 on_epoch(record | {"train_seconds": train_seconds, "val_seconds": time.perf_counter() - t0 - train_seconds,
                                    "slices": seen})
             run.log_metrics({k: v for k, v in record.items() if k != "epoch"} | {"slices_per_s": seen / train_seconds,
@@ -255,17 +290,18 @@ def train_model(
             improved = val["val_dice_mean"] > best["score"]
             if improved:
                 best = {"score": val["val_dice_mean"], "epoch": epoch + 1,
-                        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if world.is_main else None}
                 bad_epochs = 0
             else:
                 bad_epochs += 1
             log.info("%s epoch %d/%d: train loss %.4f, val loss %.4f, val Dice WT %.3f TC %.3f ET %.3f (mean %.3f)%s, %.1f slices/s",
                      name, epoch + 1, epochs, record["train_loss"], val["val_loss"], val["val_dice_WT"], val["val_dice_TC"],
                      val["val_dice_ET"], val["val_dice_mean"], " *best*" if improved else "", seen / train_seconds)
-            checkpoint.save_resume_state(checkpoint_dir, {
-                "fingerprint": fp, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "history": history, "best": best, "bad_epochs": bad_epochs, "mlflow_run_id": run.run_id,
-            })
+            if world.is_main:
+                checkpoint.save_resume_state(checkpoint_dir, {
+                    "fingerprint": fp, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "history": history, "best": best, "bad_epochs": bad_epochs, "mlflow_run_id": run.run_id,
+                })
             if train.patience and bad_epochs >= train.patience:
                 log.info("%s: early stop after epoch %d (no validation improvement for %d epochs)", name, epoch + 1, bad_epochs)
                 break
@@ -276,6 +312,8 @@ def train_model(
     config = {"model": name, "arch": dict(model_cfg.arch), "in_channels": list(SEQUENCES), "context_slices": train.context_slices,
               "regions": list(REGION_NAMES), "preprocess": preprocess_config or {}, "best_epoch": best["epoch"],
               "best_val_dice_mean": round(best["score"], 6), "epochs_run": len(history)}
+    if not world.is_main:
+        return config
     save_model(out_dir, best["state"], config)
     with atomic_file(Path(out_dir) / HISTORY_FILE) as tmp:
         tmp.write_text(_history_csv(history))
@@ -291,7 +329,7 @@ def train_model(
         run.log_figure(fig, "loss_curves.png")
         plt.close(fig)
         model.load_state_dict(best["state"])
-        example = train_bank.inputs(torch.zeros(1, dtype=torch.long, device=train_bank.labels.device)).cpu().numpy()
+        example = train_bank.batch(torch.zeros(1, dtype=torch.long, device=train_bank.rows_device))[0].cpu().numpy()
         run.log_model(copy.deepcopy(model).float().to(memory_format=torch.contiguous_format), example)
     run.end()
     checkpoint.clear_resume_state(checkpoint_dir)
@@ -309,11 +347,21 @@ def main(model: str, params_path: str | Path = "params.yaml") -> dict:
     models = params.get("models") or {}
     if model not in models:
         raise ParamsError(f"params.yaml: no 'models.{model}' block; models defined: {sorted(models)}")
+    train = from_mapping(TrainSettings, params.get("train"), "train")
+    if train.nproc_per_node > 1 and not distributed.under_torchrun():
+        distributed.relaunch(["-m", "tumorseg.training.loop", model, str(params_path)], train.nproc_per_node)
+        return json.loads((paths.MODELS_DIR / model / CONFIG_FILE).read_text())
     return train_model(
         model,
-        from_mapping(TrainSettings, params.get("train"), "train"),
+        train,
         from_mapping(ModelSettings, models[model], f"models.{model}"),
         paths.PREPROCESSED_DIR, paths.SPLIT, paths.MODELS_DIR / model, paths.CHECKPOINTS_DIR / model,
         from_mapping(MlflowSettings, params.get("mlflow"), "mlflow"),
         preprocess_config=params.get("preprocess"), manifest_path=paths.MANIFEST,
     )
+
+
+if __name__ == "__main__":  # what torchrun starts on every rank: python -m tumorseg.training.loop MODEL [PARAMS]
+    import sys
+
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "params.yaml")

@@ -53,6 +53,12 @@ class TrainSettings(RuntimeSettings):
     # torch.compile the training step's model: pays on a GPU (bench/gpu.py measures it per model), costs compile
     # time on a small CPU run; the weights saved and validated are the same parameters either way
     compile: bool = False
+    # where the training and validation slices live: device (loaded once onto the training device), host (host memory,
+    # each batch sent), stream (each batch read from the store: host memory holds one batch, not the dataset)
+    bank: Literal["device", "host", "stream"] = "device"
+    # > 1: train@<model> runs under torchrun with this many processes (GPUs) on this machine, DDP; more machines:
+    # TUMORSEG_TORCHRUN_ARGS (tumorseg.training.distributed)
+    nproc_per_node: int = field(default=1, metadata=in_range(1))
     max_val_slices: int = field(default=0, metadata=in_range(0))  # 0: every validation slice
 
     def check(self) -> None:
@@ -66,6 +72,9 @@ class TrainSettings(RuntimeSettings):
         if self.context_slices and self.max_val_slices:
             raise SettingError("context_slices", f"= {self.context_slices} needs every slice of a validation patient (its "
                                                  "neighbours); set train.max_val_slices: 0")
+        if self.bank == "stream" and self.mimic_fraction > 0:
+            raise SettingError("bank", "= stream cannot look for mimic slices (that reads every training slice); set "
+                                       "train.mimic_fraction: 0 or train.bank: host")
         if self.bce_weight == 0 and self.dice_weight == 0:
             raise SettingError("bce_weight", "and dice_weight are both 0: the loss would be zero")
 
