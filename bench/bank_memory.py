@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from _output import cpu_model, emit  # noqa: E402
+from gpu import build_dataset  # noqa: E402  (the same full-size synthetic data as the GPU benchmark)
 
 MODES = ("device", "host", "stream")
 
@@ -63,26 +64,6 @@ def child(work: Path, mode: str, samples: int) -> None:
                       "bank_mb": n * slice_bytes / 2**20, "seconds": time.perf_counter() - t0}))
 
 
-def build(work: Path, patients: int) -> dict:
-    from tumorseg.data.download import DataSettings, run_download
-    from tumorseg.data.preprocess import PreprocessSettings, run_preprocess
-    from tumorseg.data.split import SplitSettings, run_split
-    from tumorseg.data.synthetic import SyntheticSettings
-
-    done = work / "dataset.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    t0 = time.perf_counter()
-    workers = max(1, os.cpu_count() or 1)
-    run_download(DataSettings(synthetic=SyntheticSettings(n_patients=patients, shape=(240, 240, 155)), workers=workers),
-                 work / "raw", work / "manifest.parquet", work / "downloads")
-    run_preprocess(PreprocessSettings(workers=workers), work / "manifest.parquet", work / "raw", work / "pre")
-    run_split(SplitSettings(), work / "pre" / "slice_index.parquet", work / "split.parquet")
-    info = {"patients": patients, "seconds": round(time.perf_counter() - t0, 1)}
-    done.write_text(json.dumps(info))
-    return info
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--patients", type=int, default=12)
@@ -95,7 +76,7 @@ def main() -> None:
         child(args.work, args.child, args.samples)
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    info = build(args.work, args.patients)
+    info = build_dataset(args.work, args.patients, (240, 240, 155), workers=max(1, os.cpu_count() or 1))
     rows = []
     for mode in MODES:
         out = subprocess.run([sys.executable, __file__, "--work", str(args.work), "--samples", str(args.samples), "--child", mode],
