@@ -57,3 +57,31 @@ def test_mirroring_can_flip_a_boundary_voxel():
     images = np.zeros((1, 4, 2, 2), dtype=np.float32)
     assert predict_slices(model, images, tta="none")[0, 0, 0] > 0
     assert predict_slices(model, images, tta="all")[0, 0, 0] == 0
+
+
+def test_infer_keeps_no_patient_mapped_after_predicting_it(tiny_models_dir, tiny_pipeline, tmp_path, monkeypatch):
+    """A memory map left open keeps every page it read resident: at full size the stage held ~2.5 GB of slices it no
+    longer needed (bench/scale.py). Each patient's map must be gone once the next patient starts."""
+    import gc
+    import weakref
+
+    import numpy as np
+
+    from tumorseg.evaluation import infer as infer_module
+    from tumorseg.models.runtime import RuntimeSettings
+
+    maps, alive_at_next = [], []
+    real_load = np.load
+
+    def load(path, *args, **kwargs):
+        gc.collect()
+        alive_at_next.append(sum(m() is not None for m in maps))
+        out = real_load(path, *args, **kwargs)
+        if kwargs.get("mmap_mode"):
+            maps.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(infer_module.np, "load", load)
+    infer_module.infer_model("unet", tiny_models_dir / "unet", tiny_pipeline / "pre", tiny_pipeline / "split.parquet",
+                             tmp_path / "inference", tmp_path / "seconds.json", RuntimeSettings(device="cpu"), tta="none")
+    assert len(maps) >= 2 and max(alive_at_next) == 0
