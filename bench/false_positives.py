@@ -88,7 +88,7 @@ def main() -> None:
                 labels = preds.labels(case_id)
                 if apply is not None:
                     labels = apply(labels, preds.spacing(case_id), preds.probability_volume(case_id))
-                images = np.asarray(store._images(case_id), dtype=np.float32)  # (Z', 4, Y, X)
+                images = np.asarray(store.images(case_id), dtype=np.float32)  # (Z', 4, Y, X)
                 flair = to_volume(np.zeros(images.shape[:1] + images.shape[2:], np.uint8), info["z_start"], info["shape"]).astype(np.float32)
                 flair[:, :, info["z_start"]:info["z_start"] + len(images)] = images[:, FLAIR].transpose(2, 1, 0)
                 brain = flair > 0

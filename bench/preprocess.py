@@ -83,7 +83,7 @@ def main() -> None:
             n = np.load(out / f"{case}.image.npy", mmap_mode="r").shape[0]
             r = int(rng.integers(n))
             t = time.perf_counter()
-            torch.from_numpy(np.array(store.image(case, r))).float()  # as the training loader reads
+            torch.from_numpy(np.array(store.image(case, r))).float()  # one random slice through SliceStore: map, read, unmap
             lat.append(time.perf_counter() - t)
         mb = sum((tmp / "raw" / r[f"{k}_path"]).stat().st_size for r in rows for k in FILE_KINDS) / len(rows) / 1e6
 

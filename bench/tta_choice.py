@@ -54,7 +54,7 @@ def main() -> None:
             for case_id in cases:
                 case = index.loc[case_id]
                 t0 = time.perf_counter()
-                probs = predict_probabilities(model, store._images(case_id), 32, "cpu", None, True, tta, context_slices(config))
+                probs = predict_probabilities(model, store.images(case_id), 32, "cpu", None, True, tta, context_slices(config))
                 seconds += time.perf_counter() - t0
                 shape = (int(case["nx"]), int(case["ny"]), int(case["nz"]))
                 spacing = (float(case["spacing_x"]), float(case["spacing_y"]), float(case["spacing_z"]))

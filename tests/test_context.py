@@ -64,7 +64,7 @@ def test_bank_holds_each_slice_once_and_maps_its_neighbours(tiny_pipeline):
     rows = index[index["case_id"] == case]
     bank = load_bank(tiny_pipeline / "pre", rows, context=1)
     assert len(bank) == len(rows) and bank.images.shape[1] == 4
-    x = bank.inputs(torch.arange(len(bank)))
+    x = bank.batch(torch.arange(len(bank)))[0]
     stored = np.load(tiny_pipeline / "pre" / f"{case}.image.npy")
     assert torch.equal(x, volume_batch(stored, 0, len(stored), 1)), "the bank's input = inference's input"
     with pytest.raises(ValueError, match=rf"{case}: 2.5D input .* not in the same subset"):

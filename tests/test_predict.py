@@ -58,7 +58,7 @@ def test_predicts_a_patient_folder_like_the_pipeline(trained, tmp_path):
     assert set(np.unique(labels).tolist()) <= {0, 1, 2, 3}
     # Exactly the pipeline's preprocessing: the same labels as predicting the stored slices.
     model, _ = model_io.load_model(model_dir)
-    images = np.asarray(SliceStore(root / "pre")._images(case.case_id))
+    images = np.asarray(SliceStore(root / "pre").images(case.case_id))
     z0 = int(pd.read_parquet(root / "pre" / "cases.parquet").set_index("case_id").loc[case.case_id, "z_start"])
     expected = to_volume(predict_slices(model, images), z0, source.shape)
     assert np.array_equal(labels, expected)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tumorseg.data.slices import image_file, read_case_index
+from tumorseg.data.slices import SliceStore, read_case_index
 from tumorseg.data.split import read_split
 from tumorseg.evaluation.inference import predict_probabilities
 from tumorseg.evaluation.predictions import patients, quantize, write_index, write_seconds
@@ -49,6 +49,7 @@ def infer_model(name: str, model_dir: Path, store_dir: Path, split_path: Path, o
         model = model.to(memory_format=torch.channels_last)
     split = read_split(split_path)
     cases = read_case_index(Path(store_dir) / "cases.parquet").set_index("case_id")
+    store = SliceStore(store_dir)
     index = {"model": name, "members": [name], "weights_sha256": {name: sha256_file(Path(model_dir) / WEIGHTS_FILE)},
              "tta": tta, "cases": {}}
     seconds = []
@@ -57,9 +58,7 @@ def infer_model(name: str, model_dir: Path, store_dir: Path, split_path: Path, o
         for case_id, subset in tqdm(jobs, desc=f"infer {name}", unit="patient", dynamic_ncols=True):
             case = cases.loc[case_id]
             t0 = time.perf_counter()
-            # Mapped for this patient only: a map kept open (SliceStore's cache) holds every page read, so 44 full-size
-            # patients left ~2.5 GB resident (bench/scale.py: infer@unet peaked at 4.0 GB).
-            images = np.load(Path(store_dir) / image_file(case_id), mmap_mode="r")
+            images = store.images(case_id)  # mapped for this patient only (see SliceStore)
             probs = predict_probabilities(model, images, runtime.eval_batch_size, device, amp_dtype,
                                           runtime.channels_last, tta, context_slices(config))  # (Z', 3, Y, X)
             del images

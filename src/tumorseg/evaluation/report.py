@@ -22,7 +22,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from tumorseg.data.slices import SliceStore, image_file, label_file, read_case_index  # noqa: E402
+from tumorseg.data.slices import SliceStore, image_file, read_case_index  # noqa: E402
 from tumorseg.data.split import read_split  # noqa: E402
 from tumorseg.evaluation.ensemble import ENSEMBLE  # noqa: E402
 from tumorseg.evaluation.evaluate import EXAMPLES_FILE, EXAMPLES_INDEX, PER_PATIENT_FILE, RAW_KEY, test_cases  # noqa: E402
@@ -42,10 +42,8 @@ FLAIR = 3  # channel of t2f in the stacked input
 
 def _case_flair(store_dir: Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
     """One patient's stored FLAIR (float16) and labels, read and unmapped: nothing stays resident after the case."""
-    images = np.load(Path(store_dir) / image_file(case_id), mmap_mode="r")
-    labels = np.load(Path(store_dir) / label_file(case_id), mmap_mode="r")
-    flair, label = np.array(images[:, FLAIR]), np.array(labels)
-    del images, labels
+    store = SliceStore(store_dir)
+    flair, label = np.array(store.images(case_id)[:, FLAIR]), np.array(store.labels(case_id))
     if flair.dtype != np.float16:
         raise ValueError(f"{case_id}: {Path(store_dir) / image_file(case_id)} is {flair.dtype}, not the store's float16; "
                          f"rerun `dvc repro preprocess`")

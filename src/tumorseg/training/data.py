@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from tumorseg.data.context import centre_slice, context_rows, stack_context
-from tumorseg.data.slices import image_file, label_file
+from tumorseg.data.slices import SliceStore, image_file, label_file
 
 
 def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
@@ -70,12 +70,6 @@ class SliceBank:
                        has_mimic=None if self.has_mimic is None else self.has_mimic.to(device),
                        neighbours=None if self.neighbours is None else self.neighbours.to(device))
 
-    def inputs(self, rows: torch.Tensor) -> torch.Tensor:
-        """The model input (float32) of bank ``rows``: the slices, or with 2.5D input each with its neighbours."""
-        if self.neighbours is None:
-            return self.images[rows].float()
-        return stack_context(self.images, self.neighbours[rows]).float()
-
 
 def load_bank(store_dir: Path, slices: pd.DataFrame, context: int = 0) -> SliceBank:
     """Load the given slice-index rows (any order) into one bank, sorted by case and slice. With ``context``
@@ -88,13 +82,12 @@ def load_bank(store_dir: Path, slices: pd.DataFrame, context: int = 0) -> SliceB
     if slices.empty:
         raise ValueError(f"{store_dir}: no slices to load")
     slices = slices.sort_values(["case_id", "slice"]).reset_index(drop=True)
-    store_dir = Path(store_dir)
+    store = SliceStore(store_dir)
     images = labels = None
     neighbours, offset = [], 0
     for case_id, rows in slices.groupby("case_id", sort=True):
         r = rows["row"].to_numpy()
-        case_images = np.load(store_dir / image_file(case_id), mmap_mode="r")
-        case_labels = np.load(store_dir / label_file(case_id), mmap_mode="r")
+        case_images, case_labels = store.images(case_id), store.labels(case_id)
         if images is None:
             images = np.empty((len(slices),) + case_images.shape[1:], dtype=case_images.dtype)
             labels = np.empty((len(slices),) + case_labels.shape[1:], dtype=case_labels.dtype)
