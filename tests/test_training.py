@@ -13,6 +13,7 @@ from tumorseg.training import checkpoint
 from tumorseg.models.io import load_model
 from tumorseg.config import SettingError
 from tumorseg.training.data import MIMIC, TUMOUR, SliceBank, epoch_indices, find_mimics, random_patches
+from tumorseg.training.losses import mimic_weights, segmentation_loss
 from tumorseg.training.loop import HISTORY_COLUMNS, NonFiniteLossError, lr_at, train_model
 from tumorseg.training.settings import ModelSettings, TrainSettings
 
@@ -309,3 +310,48 @@ def test_compile_wraps_the_training_step_only_and_epochs_report_their_timings(ti
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert all(r["slices"] == steps // TRAIN.epochs * UNET.batch_size and r["train_seconds"] > 0 and r["val_seconds"] > 0
                for r in records)
+
+
+def test_mimic_weights_raise_the_bce_of_mimic_voxels_only():
+    """Zero logits: every element's BCE is ln 2; weight 3 on one of four voxels makes the BCE mean 6/4 ln 2 in every
+    region, while the soft Dice term stays the same."""
+    logits = torch.zeros(1, 3, 2, 2)
+    targets = torch.zeros(1, 3, 2, 2)
+    targets[0, :, 0, 0] = 1
+    mimic = torch.tensor([[[False, True], [False, False]]])
+    weights = mimic_weights(mimic, 3.0)
+    assert weights.tolist() == [[[1.0, 3.0], [1.0, 1.0]]]
+    plain = segmentation_loss(logits, targets, dice_weight=0.0)
+    weighted = segmentation_loss(logits, targets, dice_weight=0.0, voxel_weight=weights)
+    assert float(plain) == pytest.approx(np.log(2))
+    assert float(weighted) == pytest.approx(1.5 * np.log(2))
+    assert float(segmentation_loss(logits, targets, bce_weight=0.0, voxel_weight=weights)) == pytest.approx(
+        float(segmentation_loss(logits, targets, bce_weight=0.0)))
+    assert torch.equal(segmentation_loss(logits, targets, voxel_weight=mimic_weights(mimic, 1.0)), segmentation_loss(logits, targets))
+    with pytest.raises(SettingError, match="mimic_loss_weight: 1"):
+        TrainSettings(bank="stream", mimic_loss_weight=3.0)
+
+
+@pytest.mark.slow
+def test_mimic_loss_weight_weighs_bright_background_voxels_in_training(tiny_pipeline, monkeypatch):
+    """train.mimic_loss_weight: the loss gets voxel weights, the weight itself on tumour-bright voxels outside the
+    tumour and 1 on every other voxel (tumour included); at 1 the loss is called without weights."""
+    from tumorseg.training import loop
+
+    root, seen = tiny_pipeline, []
+
+    def spy(logits, targets, bce_weight, dice_weight, voxel_weight=None):
+        if torch.is_grad_enabled():  # training steps, not validation
+            seen.append((targets.detach().clone(), None if voxel_weight is None else voxel_weight.detach().clone()))
+        return segmentation_loss(logits, targets, bce_weight, dice_weight, voxel_weight)
+
+    monkeypatch.setattr(loop, "segmentation_loss", spy)
+    train_model("unet", TrainSettings(**{**TRAIN.__dict__, "epochs": 1, "mimic_loss_weight": 4.0}), UNET, root / "pre",
+                root / "split.parquet", root / "w" / "model", root / "w" / "ckpt")
+    weights = torch.cat([w for _, w in seen])
+    tumour = torch.cat([t[:, 0] > 0 for t, _ in seen])
+    assert set(weights.unique().tolist()) == {1.0, 4.0}, "some voxels weighted, the rest 1"
+    assert not (weights[tumour] != 1).any(), "tumour voxels are never mimics"
+    seen.clear()
+    _train(root, "plain", TrainSettings(**{**TRAIN.__dict__, "epochs": 1}))
+    assert seen and all(w is None for _, w in seen)

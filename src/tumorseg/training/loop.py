@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tumorseg.data.context import input_channels
+from tumorseg.data.context import centre_slice, input_channels
 from tumorseg.data.labels import REGION_NAMES, SEQUENCES, labels_to_regions
 from tumorseg.data.slices import read_slice_index
 from tumorseg.data.split import read_split
@@ -33,8 +33,8 @@ from tumorseg.models.runtime import autocast, configure_determinism, pick_amp_dt
 from tumorseg.tracking import TAG_DATA, TAG_WEIGHTS, MlflowSettings, TrainingRun
 from tumorseg.training import checkpoint, distributed
 from tumorseg.training.augment import build_augmentation
-from tumorseg.training.data import SliceBank, StreamBank, epoch_indices, open_bank, random_patches, to_device
-from tumorseg.training.losses import segmentation_loss
+from tumorseg.training.data import SliceBank, StreamBank, epoch_indices, mimic_voxels, open_bank, random_patches, to_device
+from tumorseg.training.losses import mimic_weights, segmentation_loss
 from tumorseg.training.settings import ModelSettings, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -170,8 +170,8 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
         val_rows = val_rows.iloc[np.linspace(0, len(val_rows) - 1, train.max_val_slices).round().astype(int)]
     if train_rows.empty or val_rows.empty:
         raise ValueError(f"{split_path}: the train or val subset is empty; check split.fractions")
-    train_bank = open_bank(store_dir, train_rows, train.context_slices, train.bank, device, mimics=train.mimic_fraction > 0)
-    if train.mimic_fraction > 0:
+    train_bank = open_bank(store_dir, train_rows, train.context_slices, train.bank, device, mimics=train.uses_mimics)
+    if train.uses_mimics:
         log.info("%s: %d of %d training slices hold tumour mimics (FLAIR >= %.3f or T1c >= %.3f outside the tumour)", name,
                  int(train_bank.has_mimic.sum()), len(train_bank), *train_bank.mimic_thresholds)
     val_bank = open_bank(store_dir, val_rows, train.context_slices, train.bank, device) if world.is_main else None
@@ -256,7 +256,11 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device, amp_dtype):
                     logits = step_model(x)
-                loss = segmentation_loss(logits, y, train.bce_weight, train.dice_weight)
+                weights = None
+                if train.mimic_loss_weight != 1:
+                    mimic = mimic_voxels(centre_slice(x), y[:, 0] > 0, train_bank.mimic_thresholds)
+                    weights = mimic_weights(mimic, train.mimic_loss_weight)
+                loss = segmentation_loss(logits, y, train.bce_weight, train.dice_weight, weights)
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

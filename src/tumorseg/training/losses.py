@@ -21,6 +21,15 @@ def soft_dice_loss(logits: torch.Tensor, targets: torch.Tensor, smooth: float = 
     return 1 - dice.mean()
 
 
-def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, bce_weight: float = 1.0, dice_weight: float = 1.0) -> torch.Tensor:
-    bce = F.binary_cross_entropy_with_logits(logits.float(), targets)
+def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, bce_weight: float = 1.0, dice_weight: float = 1.0,
+                      voxel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``voxel_weight`` (N, H, W) multiplies every region's BCE at a voxel (the mean is still over voxels, so weights
+    above 1 raise the loss's scale with how many weighted voxels a batch holds); the soft Dice is unweighted."""
+    weight = None if voxel_weight is None else voxel_weight[:, None].expand_as(targets)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), targets, weight=weight)
     return bce_weight * bce + dice_weight * soft_dice_loss(logits, targets)
+
+
+def mimic_weights(mimic: torch.Tensor, weight: float) -> torch.Tensor:
+    """(N, H, W) voxel weights of the BCE: ``weight`` on tumour mimics (``mimic``: bool), 1 elsewhere."""
+    return 1 + (weight - 1) * mimic.float()

@@ -36,6 +36,9 @@ class TrainSettings(RuntimeSettings):
     # share of samples forced onto slices with tumour mimics (tumour-bright on FLAIR / T1c outside the tumour), their
     # patch centred on one: hard negatives against false-positive lesions
     mimic_fraction: float = field(default=0.0, metadata=in_range(0, 1))
+    # BCE weight of tumour-mimic voxels (tumour-bright on FLAIR / T1c outside the tumour) against 1 for every other
+    # voxel: false positives made costlier where they arise (1: no extra weight)
+    mimic_loss_weight: float = field(default=1.0, metadata=in_range(0))
     # train on random patch_size^2 patches (0: whole slices); inference always sees whole slices
     patch_size: int = field(default=0, metadata=in_range(0))
     tumour_slices_only: bool = False  # the original project trained on tumour-bearing slices only
@@ -61,6 +64,11 @@ class TrainSettings(RuntimeSettings):
     nproc_per_node: int = field(default=1, metadata=in_range(1))
     max_val_slices: int = field(default=0, metadata=in_range(0))  # 0: every validation slice
 
+    @property
+    def uses_mimics(self) -> bool:
+        """Whether training needs the tumour-mimic levels of its bank (find_mimics)."""
+        return self.mimic_fraction > 0 or self.mimic_loss_weight != 1
+
     def check(self) -> None:
         if self.patch_size and self.patch_size < 32:
             raise SettingError("patch_size", f"= {self.patch_size}; must be 0 (whole slices) or >= 32 (the models downsample 16x)")
@@ -72,9 +80,9 @@ class TrainSettings(RuntimeSettings):
         if self.context_slices and self.max_val_slices:
             raise SettingError("context_slices", f"= {self.context_slices} needs every slice of a validation patient (its "
                                                  "neighbours); set train.max_val_slices: 0")
-        if self.bank == "stream" and self.mimic_fraction > 0:
+        if self.bank == "stream" and self.uses_mimics:
             raise SettingError("bank", "= stream cannot look for mimic slices (that reads every training slice); set "
-                                       "train.mimic_fraction: 0 or train.bank: host")
+                                       "train.mimic_fraction: 0 and train.mimic_loss_weight: 1, or train.bank: host")
         if self.bce_weight == 0 and self.dice_weight == 0:
             raise SettingError("bce_weight", "and dice_weight are both 0: the loss would be zero")
 
