@@ -7,6 +7,7 @@ import pytest
 
 from tumorseg.config import SettingError
 from tumorseg.evaluation.postprocess import (
+    LazyCases,
     PostprocessRules,
     PostprocessSettings,
     drop_small_components,
@@ -89,6 +90,30 @@ def test_fit_picks_thresholds_that_remove_false_lesions_on_validation():
     assert [s["rule"] for s in steps] == ["min_component_mm3"] * 3 + ["min_et_volume_mm3"]
     fitted = [rules.apply(p, s) for p, _, s, _ in cases]
     assert all(np.array_equal(f, t) for f, (_, t, _, _) in zip(fitted, cases))
+
+
+def test_fitting_reads_each_patient_once_per_step_and_holds_one_at_a_time():
+    """fit_rules over patients loaded on demand chooses what it chooses over a list, reading each patient once per
+    rule step (not once per candidate), and never holding two at once (at full size the validation set is ~1 GB)."""
+    cases = _val_cases()
+    settings = PostprocessSettings(component_mm3=(0, 10, 1000), et_volume_mm3=(0, 4, 20))
+    loads, alive = [], []
+
+    class Tracked(np.ndarray):
+        def __del__(self):
+            alive.remove(id(self)) if id(self) in alive else None
+
+    def load(i):
+        pred, truth, spacing, probabilities = cases[i]
+        pred = pred.copy().view(Tracked)
+        alive.append(id(pred))
+        loads.append((i, len(alive)))
+        return pred, truth, spacing, probabilities
+
+    lazy_rules, lazy_steps = fit_rules(LazyCases([0, 1, 2], load), settings)
+    assert (lazy_rules, lazy_steps) == fit_rules(cases, settings)
+    assert len(loads) == len(lazy_steps) * len(cases), "one read per patient per step, whatever the candidates"
+    assert max(n for _, n in loads) <= 2, "at most the patient being read and the one just released"
 
 
 def test_disabled_or_bad_settings():

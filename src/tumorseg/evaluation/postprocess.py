@@ -158,14 +158,32 @@ def relabel_small_et(labels: np.ndarray, min_mm3: float, spacing=(1.0, 1.0, 1.0)
     return out
 
 
-def _scores(cases, rules: PostprocessRules, region: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-patient lesion-wise and legacy Dice of ``region`` over (pred, truth, spacing, probabilities) cases."""
-    lesion, legacy = [], []
-    for pred, truth, spacing, probabilities in cases:
-        p, t = region_mask(rules.apply(pred, spacing, probabilities), region), region_mask(truth, region)
-        lesion.append(lesion_wise(p, t, spacing, with_hd95=False).dice)
-        legacy.append(dice(p, t))
-    return np.array(lesion), np.array(legacy)
+class LazyCases:
+    """The validation patients as ``fit_rules`` reads them, loaded one at a time each time they are iterated: memory
+    holds one patient, not the validation set (at 240 x 240 x 155 a patient's labels, truth and probabilities are
+    ~45 MB; BraTS-Africa's 22 validation patients held at once were ~1 GB)."""
+
+    def __init__(self, case_ids: list[str], load):
+        self.case_ids, self.load = list(case_ids), load
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __iter__(self):
+        return (self.load(c) for c in self.case_ids)
+
+
+def _scores(cases, trials: list[PostprocessRules], region: str) -> tuple[np.ndarray, np.ndarray]:
+    """(trials, patients) lesion-wise and legacy Dice of ``region`` under each of ``trials``, over (pred, truth, spacing,
+    probabilities) cases; each case is read once for all the trials."""
+    lesion, legacy = np.zeros((len(trials), len(cases))), np.zeros((len(trials), len(cases)))
+    for j, (pred, truth, spacing, probabilities) in enumerate(cases):
+        t = region_mask(truth, region)
+        for i, trial in enumerate(trials):
+            p = region_mask(trial.apply(pred, spacing, probabilities), region)
+            lesion[i, j] = lesion_wise(p, t, spacing, with_hd95=False).dice
+            legacy[i, j] = dice(p, t)
+    return lesion, legacy
 
 
 def fit_rules(cases: list[tuple[np.ndarray, np.ndarray, tuple[float, float, float], np.ndarray | None]],
@@ -181,14 +199,11 @@ def fit_rules(cases: list[tuple[np.ndarray, np.ndarray, tuple[float, float, floa
                                                     (r, "probability", sorted(settings.component_probability)))
             if len(step[2]) > 1 or step[1] == "component"] + [("ET", "volume", sorted(settings.et_volume_mm3))]
     for region, kind, candidates in plan:
-        tried, base_legacy = [], None
-        for threshold in candidates:  # ascending: the first, 0, changes nothing and is the baseline
-            trial = _with(rules, region, kind, float(threshold))
-            lesion, legacy = _scores(cases, trial, region)
-            base_legacy = legacy if base_legacy is None else base_legacy
-            worse = int((legacy < base_legacy - 1e-9).sum())
-            tried.append({UNITS[kind]: float(threshold), "lesion_dice": round(float(lesion.mean()), 6),
-                          "legacy_dice": round(float(legacy.mean()), 6), "patients_worse": worse})
+        # ascending: the first candidate, 0, changes nothing and is the baseline
+        lesion, legacy = _scores(cases, [_with(rules, region, kind, float(t)) for t in candidates], region)
+        tried = [{UNITS[kind]: float(t), "lesion_dice": round(float(lesion[i].mean()), 6),
+                  "legacy_dice": round(float(legacy[i].mean()), 6), "patients_worse": int((legacy[i] < legacy[0] - 1e-9).sum())}
+                 for i, t in enumerate(candidates)]
         # Non-inferiority per patient, not on the mean: on a handful of validation patients a mean can trade one
         # patient's lost lesion for another's removed false positive, and such a threshold does not carry over.
         allowed = [t for t in tried if t["patients_worse"] == 0]
@@ -257,8 +272,8 @@ def fit_postprocess(name: str, predictions_dir: Path, split_path: Path, manifest
     if missing:
         raise ValueError(f"{predictions_dir}: no predictions for validation patients {missing}; rerun `dvc repro infer@{name}`")
     truths = Truths(raw_dir, manifest_path)
-    val = [(preds.labels(c), truths(c), preds.spacing(c), preds.probability_volume(c) if any_probability(settings) else None)
-           for c in cases]
+    val = LazyCases(cases, lambda c: (preds.labels(c), truths(c), preds.spacing(c),
+                                      preds.probability_volume(c) if any_probability(settings) else None))
     rules, steps = fit_rules(val, settings)
     scored = score_patients(preds, cases, truths, {"raw": None, "post": rules.apply})
     validation = {"n_patients": len(cases), "postprocessed": summarise(*scored["post"]), "raw": summarise(*scored["raw"])}
