@@ -160,8 +160,8 @@ def relabel_small_et(labels: np.ndarray, min_mm3: float, spacing=(1.0, 1.0, 1.0)
 
 class LazyCases:
     """The validation patients as ``fit_rules`` reads them, loaded one at a time each time they are iterated: memory
-    holds one patient, not the validation set (at 240 x 240 x 155 a patient's labels, truth and probabilities are
-    ~45 MB; BraTS-Africa's 22 validation patients held at once were ~1 GB)."""
+    holds one patient, not the validation set (at 240 x 240 x 155 a patient's labels, truth and probabilities take
+    up to ~45 MB, so holding them all grew with the number of validation patients)."""
 
     def __init__(self, case_ids: list[str], load):
         self.case_ids, self.load = list(case_ids), load
