@@ -13,8 +13,8 @@ fresh clone of this repository's HEAD (its own cache and MLflow database) and ti
 3. the same three trainings one after the other (`dvc repro --force --no-run-cache`), the reference: the same
    params, threads and machine. CPU training is deterministic, so the retrained weights must equal the restored ones.
 
-    python bench/queue.py --out bench/results/queue.md                # the default's trainings (2 cores: ~10 min)
-    python bench/queue.py --set train.epochs=1 --set train.samples_per_epoch=256   # a quick check
+    python bench/dvc_queue.py --out bench/results/dvc_queue.md                # the default's trainings (2 cores: ~10 min)
+    python bench/dvc_queue.py --set train.epochs=1 --set train.samples_per_epoch=256   # a quick check
 
 On a CPU the three processes share the cores: give each its share (``--set train.num_threads=1`` on 2 cores; torch's
 default of every core per process oversubscribes them) and expect little gain. On a GPU they share the device, which
@@ -97,7 +97,7 @@ def main() -> None:
     if args.assignments:  # committed in the clone, so the queue, the workspace and the reference share one params.yaml
         params = override(yaml.safe_load((clone / "params.yaml").read_text()), args.assignments)
         (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        subprocess.run(["git", "commit", "--quiet", "-am", "bench/queue.py profile"], cwd=clone, check=True)
+        subprocess.run(["git", "commit", "--quiet", "-am", "bench/dvc_queue.py profile"], cwd=clone, check=True)
     dvc(clone, "repro", "split")
     subprocess.run(["git", "commit", "--quiet", "-am", "data stages"], cwd=clone, check=False)
 
@@ -125,7 +125,7 @@ def main() -> None:
 
     train = yaml.safe_load((clone / "params.yaml").read_text())["train"]
     text = "\n".join([
-        f"`python bench/queue.py{''.join(' --set ' + a for a in args.assignments)}` on {cpu_model()} ({os.cpu_count()} cores), "
+        f"`python bench/dvc_queue.py{''.join(' --set ' + a for a in args.assignments)}` on {cpu_model()} ({os.cpu_count()} cores), "
         f"commit {commit} (train.num_threads: {train.get('num_threads')}, train.device: {train.get('device')})", "",
         "| how | wall-clock (s) |", "|---|---|",
         f"| queued, `dvc queue start -j 3` (three temporary workspaces at once) | {queued_s:.0f} |",
