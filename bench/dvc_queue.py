@@ -37,7 +37,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from _output import cpu_model, emit  # noqa: E402
+from _output import cpu_model, emit, fresh_clone  # noqa: E402
 from seeds import override  # noqa: E402
 
 MODELS = ("unet", "resnet_unet", "transunet")
@@ -88,12 +88,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=3600, help="seconds the queued trainings may take")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    clone = args.work / "repo"
-    if clone.exists():
-        sys.exit(f"{clone} exists: remove it (the check starts from an empty cache and run-cache)")
-    args.work.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True, check=True).stdout.strip()
+    clone, commit = fresh_clone(REPO, args.work, "the check starts from an empty cache and run-cache")
     if args.assignments:  # committed in the clone, so the queue, the workspace and the reference share one params.yaml
         params = override(yaml.safe_load((clone / "params.yaml").read_text()), args.assignments)
         (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

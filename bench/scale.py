@@ -28,7 +28,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from _output import cpu_model, emit  # noqa: E402
+from _output import cpu_model, emit, fresh_clone  # noqa: E402
 from seeds import override  # noqa: E402  (``a.b.c=value`` as dvc exp run -S)
 
 MODELS = ("unet", "resnet_unet", "transunet")
@@ -69,12 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     if not Path("/usr/bin/time").is_file():
         sys.exit("bench/scale.py measures each stage with GNU time: install it (Debian: apt-get install time)")
-    clone = args.work / "repo"
-    if clone.exists():
-        sys.exit(f"{clone} exists: remove it (a scale run starts from nothing)")
-    args.work.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True, check=True).stdout.strip()
+    clone, commit = fresh_clone(REPO, args.work, "a scale run starts from nothing")
     params = override(yaml.safe_load((clone / "params.yaml").read_text()), SCALE_PROFILE + args.assignments)
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rows, total = [], 0.0
