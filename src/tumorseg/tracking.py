@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -68,16 +69,49 @@ def git_commit() -> str:
         return "unknown"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+@contextlib.contextmanager
+def setup_lock(uri: str):
+    """Held while a process opens the tracking store and its experiment. Creating a new sqlite database (MLflow's
+    schema migrations) or the experiment is not safe from several processes at once: three trainings started together
+    (`dvc queue start -j 3`, bench/dvc_queue.py) failed with "table ... already exists". An exclusive lock on
+    ``<database>.lock`` serialises that first step; the runs then write through sqlite's own locking. POSIX only
+    (fcntl); other stores (a tracking server, a database server) handle their own concurrency."""
+    db = sqlite_path(uri)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; start concurrent trainings against a database that exists
+        fcntl = None
+    if db is None or fcntl is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _mlflow(settings: MlflowSettings):
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(settings))
-    experiment = mlflow.get_experiment_by_name(settings.experiment)
-    if experiment is None:
-        mlflow.create_experiment(settings.experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-    elif EXPERIMENT_KIND_TAG not in experiment.tags:  # made by an older tumorseg; a kind the user chose stays
-        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    mlflow.set_experiment(settings.experiment)
+    uri = tracking_uri(settings)
+    with setup_lock(uri):
+        mlflow.set_tracking_uri(uri)
+        experiment = mlflow.get_experiment_by_name(settings.experiment)
+        if experiment is None:
+            mlflow.create_experiment(settings.experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        elif EXPERIMENT_KIND_TAG not in experiment.tags:  # made by an older tumorseg; a kind the user chose stays
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        mlflow.set_experiment(settings.experiment)
     return mlflow
 
 
