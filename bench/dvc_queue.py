@@ -9,7 +9,7 @@ fresh clone of this repository's HEAD (its own cache and MLflow database) and ti
    `dvc queue start -j 3`: the three trainings run at once, each in a temporary workspace, each logging to the
    clone's mlflow.db (DVC_ROOT points every stage at the real repository; see tumorseg.tracking);
 2. `dvc repro train@unet train@resnet_unet train@transunet` in the clone's workspace: must restore the three
-   trainings from the run-cache (DVC prints "Restored stage ... from run-cache"), not train again;
+   trainings from the run-cache (DVC prints "Stage ... is cached - skipping run"), not train again;
 3. the same three trainings one after the other (`dvc repro --force --no-run-cache`), the reference: the same
    params, threads and machine. CPU training is deterministic, so the retrained weights must equal the restored ones.
 
@@ -110,7 +110,10 @@ def main() -> None:
     t0 = time.perf_counter()
     restore_log = dvc(clone, "repro", *TRAIN_STAGES)
     restore_s = time.perf_counter() - t0
-    restored = [s for s in TRAIN_STAGES if re.search(rf"Restored stage '{re.escape(s)}' from run-cache", restore_log)]
+    # DVC 3.x says "Stage '<s>' is cached - skipping run, checking out outputs"; older versions "Restored stage '<s>' from
+    # run-cache"
+    restored = [s for s in TRAIN_STAGES
+                if re.search(rf"Stage '{re.escape(s)}' is cached - skipping run|Restored stage '{re.escape(s)}' from run-cache", restore_log)]
     restored_weights, runs_after_restore = weights(clone), mlflow_runs(clone)
 
     t0 = time.perf_counter()
