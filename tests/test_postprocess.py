@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from tumorseg.evaluation.postprocess import (
     LazyCases,
     PostprocessRules,
     PostprocessSettings,
+    drop_coreless_components,
     drop_small_components,
     drop_unconfident_components,
     fit_rules,
@@ -252,3 +255,57 @@ def test_keep_one_tumour_is_written_and_read(tmp_path):
     assert read_rules(tmp_path / "p.json").keep_one_tumour
     rules, _ = fit_rules([(_tumour(), _tumour(), (1.0, 1.0, 1.0), None)], PostprocessSettings(component_mm3=(0,), et_volume_mm3=(0,), keep_one_tumour=False))
     assert not rules.keep_one_tumour
+
+
+def test_whole_tumour_without_core_is_dropped():
+    """A tumour has a core: a WT component holding less core (labels 1 and 3) than the threshold becomes background,
+    however large or confident; the threshold is in mm3."""
+    labels = _tumour()  # 64 core voxels inside 512 of WT
+    plaque = (slice(20, 27), slice(15, 22), slice(12, 19))  # 343 voxels of edema-like mimic, no core
+    labels[plaque] = 2
+    out = drop_coreless_components(labels, 1.0)
+    assert out[plaque].max() == 0 and np.array_equal(out[:12, :12, :12], labels[:12, :12, :12])
+    labels[23, 18, 15] = 1  # one core voxel inside the mimic: enough for 1 mm3, not for 2
+    assert np.array_equal(drop_coreless_components(labels, 1.0), labels)
+    assert drop_coreless_components(labels, 2.0)[plaque].max() == 0
+    assert np.array_equal(drop_coreless_components(labels, 2.0, spacing=(2.0, 1.0, 1.0)), labels)  # 1 voxel = 2 mm3
+    assert drop_coreless_components(labels, 64 * 2 + 1, spacing=(2.0, 1.0, 1.0)).max() == 0  # the tumour too
+    assert drop_coreless_components(labels, 0) is labels
+    rules = PostprocessRules(min_wt_core_mm3=2.0)
+    assert rules.apply(labels)[plaque].max() == 0 and not rules.is_identity
+
+
+def test_fit_drops_confident_coreless_mimics_and_spares_a_patient_whose_tumour_has_no_predicted_core():
+    """Each patient: a tumour with a core and a mimic predicted as confidently as the tumour (0.95) but without core;
+    no confidence level separates them, the core rule does. One patient's only tumour is predicted without core:
+    keep_one_tumour keeps it, so the rule is chosen (the smallest threshold that removes every mimic, 1 mm3)."""
+    cases = []
+    for i in range(3):
+        truth = _tumour()
+        pred = truth.copy()
+        mimic = (slice(20, 26), slice(16, 22), slice(12 + i, 18 + i))
+        pred[mimic] = 2
+        cases.append((pred, truth, (1.0, 1.0, 1.0), _probabilities(pred, [])))
+    truth = np.zeros(SHAPE, dtype=np.uint8)
+    truth[4:12, 4:12, 4:12] = 2  # a tumour of edema only (as predicted)
+    cases.append((truth.copy(), truth, (1.0, 1.0, 1.0), _probabilities(truth, [])))
+    settings = PostprocessSettings(component_mm3=(0,), component_probability=(0, 0.9), et_volume_mm3=(0,), wt_core_mm3=(0, 1, 50))
+    rules, steps = fit_rules(cases, settings)
+    assert rules.min_wt_core_mm3 == 1 and rules.min_component_probability["WT"] == 0
+    core = next(s for s in steps if s["rule"] == "min_wt_core_mm3")
+    assert [c["lesion_dice"] for c in core["candidates"]] == pytest.approx([0.625, 1.0, 1.0])
+    assert all(np.array_equal(rules.apply(p, s, q), t) for p, t, s, q in cases)
+    no_keep = replace(settings, keep_one_tumour=False)
+    rules, _ = fit_rules(cases, no_keep)
+    assert rules.min_wt_core_mm3 == 0, "without keep_one_tumour the rule would empty the last patient: not allowed"
+
+
+def test_rules_files_without_a_core_rule_read_as_none(tmp_path):
+    import json
+
+    path = tmp_path / "postprocess.json"
+    path.write_text(json.dumps({"enabled": True, "rules": {"min_component_mm3": {"WT": 10.0, "TC": 0.0, "ET": 0.0},
+                                                          "min_et_volume_mm3": 0.0, "keep_one_tumour": True}}))
+    assert read_rules(path).min_wt_core_mm3 == 0
+    write_rules(path, PostprocessRules(min_wt_core_mm3=25.0), True, [], {})
+    assert read_rules(path).min_wt_core_mm3 == 25.0
