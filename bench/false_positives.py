@@ -49,11 +49,18 @@ KINDS = ("speck", "edge", "near tumour", "FLAIR-bright mimic", "other")
 FLAIR = 3
 
 
-def classify(pred_wt: np.ndarray, truth_wt: np.ndarray, brain: np.ndarray, flair: np.ndarray, spacing) -> list[str]:
-    """The kind of every false-positive WT component of one patient."""
-    voxel = float(np.prod(spacing))
+def matching(pred_wt: np.ndarray, truth_wt: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """The predicted WT components (labels, count) and the dilated truth that makes one a true positive (BraTS 2023)."""
     reach = ndimage.binary_dilation(truth_wt, structure=LESION_DILATION_STRUCTURE, iterations=LESION_DILATION) if truth_wt.any() else truth_wt
     components, n = ndimage.label(pred_wt, structure=CONNECTIVITY_26)
+    return components, n, reach
+
+
+def classify(matched: tuple[np.ndarray, int, np.ndarray], truth_wt: np.ndarray, brain: np.ndarray, flair: np.ndarray,
+             spacing) -> list[str]:
+    """The kind of every false-positive WT component of one patient (``matched``: its ``matching``)."""
+    voxel = float(np.prod(spacing))
+    components, n, reach = matched
     rim = brain & ~ndimage.binary_erosion(brain, iterations=3)
     dist_mm = ndimage.distance_transform_edt(~truth_wt, sampling=spacing) if truth_wt.any() else np.full(truth_wt.shape, np.inf)
     tumour_flair = float(np.median(flair[truth_wt])) if truth_wt.any() else np.inf
@@ -78,10 +85,9 @@ def classify(pred_wt: np.ndarray, truth_wt: np.ndarray, brain: np.ndarray, flair
 STATISTICS = {"mean": np.mean, "max": np.max, "q90": lambda p: np.quantile(p, 0.9), "share >= 0.95": lambda p: np.mean(p >= 0.95)}
 
 
-def component_confidence(pred_wt: np.ndarray, truth_wt: np.ndarray, wt_probability: np.ndarray, spacing, min_mm3: float):
+def component_confidence(matched: tuple[np.ndarray, int, np.ndarray], wt_probability: np.ndarray, spacing, min_mm3: float):
     """(is true positive, {statistic: value}) of every predicted WT component of at least ``min_mm3``."""
-    reach = ndimage.binary_dilation(truth_wt, structure=LESION_DILATION_STRUCTURE, iterations=LESION_DILATION) if truth_wt.any() else truth_wt
-    components, n = ndimage.label(pred_wt, structure=CONNECTIVITY_26)
+    components, n, reach = matched
     out = []
     for k in range(1, n + 1):
         comp = components == k
@@ -112,8 +118,9 @@ def main() -> None:
         preds = Predictions(REPO / paths.INFERENCE_DIR / name)
         rules = read_rules(REPO / paths.MODELS_DIR / name / POSTPROCESS_FILE)
         cases = preds.cases("val")
-        scored = [component_confidence(region_mask(preds.labels(c), "WT"), region_mask(truths(c), "WT"), preds.probability_volume(c)[0],
-                                       preds.spacing(c), rules.min_component_mm3.get("WT", 0.0)) for c in cases]
+        raw_matching = {c: matching(region_mask(preds.labels(c), "WT"), region_mask(truths(c), "WT")) for c in cases}
+        scored = [component_confidence(raw_matching[c], preds.probability_volume(c)[0], preds.spacing(c),
+                                       rules.min_component_mm3.get("WT", 0.0)) for c in cases]
         comps = [comp for patient in scored for comp in patient]
         n_tp = sum(tp for tp, _ in comps)
         separation.append(f"| {name} | {rules.min_component_mm3.get('WT', 0.0):g} | {n_tp} | {len(comps) - n_tp} | " + " | ".join(
@@ -123,15 +130,17 @@ def main() -> None:
             counts: Counter[str] = Counter()
             for case_id in cases:
                 info = preds.index["cases"][case_id]
-                labels = preds.labels(case_id)
-                if apply is not None:
-                    labels = apply(labels, preds.spacing(case_id), preds.probability_volume(case_id))
+                truth_wt = region_mask(truths(case_id), "WT")
+                if apply is None:
+                    matched = raw_matching[case_id]
+                else:
+                    labels = apply(preds.labels(case_id), preds.spacing(case_id), preds.probability_volume(case_id))
+                    matched = matching(region_mask(labels, "WT"), truth_wt)
                 images = np.asarray(store.images(case_id), dtype=np.float32)  # (Z', 4, Y, X)
                 flair = to_volume(np.zeros(images.shape[:1] + images.shape[2:], np.uint8), info["z_start"], info["shape"]).astype(np.float32)
                 flair[:, :, info["z_start"]:info["z_start"] + len(images)] = images[:, FLAIR].transpose(2, 1, 0)
                 brain = flair > 0
-                counts.update(classify(region_mask(labels, "WT"), region_mask(truths(case_id), "WT"), brain, flair,
-                                       preds.spacing(case_id)))
+                counts.update(classify(matched, truth_wt, brain, flair, preds.spacing(case_id)))
             n = len(cases)
             rows.append(f"| {name} | {stage} | {sum(counts.values()) / n:.2f} | " + " | ".join(f"{counts[k] / n:.2f}" for k in KINDS) + " |")
             print(rows[-1], flush=True)
