@@ -239,7 +239,7 @@ def open_bank(store_dir: Path, slices: pd.DataFrame, context: int, mode: str, de
     if mode == "stream":
         if mimics:
             raise ValueError("train.bank: stream cannot look for mimic slices (that reads every training slice); "
-                             "set train.mimic_fraction: 0 or train.bank: host")
+                             "set train.mimic_fraction: 0 and train.mimic_loss_weight: 1, or train.bank: host")
         return StreamBank(store_dir, slices, device, context)
     bank = load_bank(store_dir, slices, context)
     if mimics:
