@@ -183,16 +183,22 @@ def test_components_predicted_without_confidence_are_dropped():
         rules.apply(labels)
 
 
+def _tumour_and_mimic(i: int) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
+    """A patient's truth, its prediction (the truth plus a 216-voxel edema-like mimic, shifted by ``i``) and the mimic's box."""
+    truth = _tumour()
+    pred = truth.copy()
+    mimic = (slice(20, 26), slice(16, 22), slice(12 + i, 18 + i))
+    pred[mimic] = 2
+    return truth, pred, mimic
+
+
 def test_fit_finds_the_confidence_that_separates_mimics_from_tumours():
     """Each patient: a true tumour predicted at 0.95 and a 216-voxel mimic at 0.7; one patient's small true satellite
     lesion is predicted at 0.75. A level of 0.8 would drop that lesion too (a missed lesion: lower lesion-wise Dice):
     0.72 is chosen among (0, 0.72, 0.8); the size rule cannot help (the mimic is larger than the satellite)."""
     cases = []
     for i in range(3):
-        truth = _tumour()
-        pred = truth.copy()
-        mimic = (slice(20, 26), slice(16, 22), slice(12 + i, 18 + i))
-        pred[mimic] = 2
+        truth, pred, mimic = _tumour_and_mimic(i)
         boxes = [(mimic, 0.7)]
         if i == 0:
             satellite = (slice(14, 18), slice(18, 22), slice(2, 6))  # 64 voxels, true
@@ -281,10 +287,7 @@ def test_fit_drops_confident_coreless_mimics_and_spares_a_patient_whose_tumour_h
     keep_one_tumour keeps it, so the rule is chosen (the smallest threshold that removes every mimic, 1 mm3)."""
     cases = []
     for i in range(3):
-        truth = _tumour()
-        pred = truth.copy()
-        mimic = (slice(20, 26), slice(16, 22), slice(12 + i, 18 + i))
-        pred[mimic] = 2
+        truth, pred, _ = _tumour_and_mimic(i)
         cases.append((pred, truth, (1.0, 1.0, 1.0), _probabilities(pred, [])))
     truth = np.zeros(SHAPE, dtype=np.uint8)
     truth[4:12, 4:12, 4:12] = 2  # a tumour of edema only (as predicted)
