@@ -126,10 +126,11 @@ def main() -> None:
     lines = [f"`python bench/postprocess_cv.py` ({' '.join(sys.argv[1:])}): post-processing fitted on {len(val) - 1} validation "
              f"patients, scored on the one left out, for each of the {len(val)} in turn (means over the held-out patients; "
              "'none': no post-processing; fp_WT: false-positive WT lesions per patient)", "",
-             header, "|" + "---|" * (2 + len(KEYS)), *rows, "",
-             "Each family minus params.yaml's, same folds (mean of the per-patient differences; last column: patients whose "
-             "held-out lesion-wise mean Dice rose / fell)", "",
-             header + " better / worse |", "|" + "---|" * (3 + len(KEYS)), *diffs]
+             header, "|" + "---|" * (2 + len(KEYS)), *rows]
+    if diffs:
+        lines += ["", "Each family minus params.yaml's, same folds (mean of the per-patient differences; last column: patients "
+                  "whose held-out lesion-wise mean Dice rose / fell)", "",
+                  header + " better / worse |", "|" + "---|" * (3 + len(KEYS)), *diffs]
     if chosen:
         lines += ["", "Core thresholds the folds fitted (min_wt_core_mm3)", "", "| model | rules | values | folds with a core rule |",
                   "|---|---|---|---|", *chosen]
