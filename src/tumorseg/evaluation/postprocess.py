@@ -5,10 +5,9 @@ What BraTS winners do after the network, as explicit, fitted rules:
 * per region, predicted connected components (26-connected) smaller than a volume are dropped: a
   WT component becomes background, a TC component edema (it stays tumour), an ET component
   necrotic core (it stays core);
-* whole-tumour components holding less predicted tumour core (TC) than a volume are dropped: a tumour has a core,
-  while the commonest false positives are edema-like mimics (plaques: FLAIR- and T2-bright with no core); on the
-  default's validation patients every raw unet false-positive component of 100 mm3 or more held at most 1 mm3 of core
-  (``python bench/false_positives.py``);
+* optionally (``wt_core_mm3``, off by default), whole-tumour components holding less predicted tumour core (TC) than
+  a volume are dropped: a tumour has a core, edema-like mimics do not; but neither do some small true lesions, and
+  held out on the default's validation patients the rule lost more than it gained (bench/results/core_rule_choice.md);
 * per region, components whose mean predicted probability of that region is below a level are dropped
   the same way: on the default's validation patients the networks' false-positive tumours (mimics) are
   predicted with less confidence than true tumours (unet: mean WT probability 0.70-0.89 against 0.85-0.95);
