@@ -110,66 +110,57 @@ def restore_one_tumour(before: np.ndarray, after: np.ndarray, wt_probability: np
     if not wt_before.any() or region_mask(after, "WT").any():
         return after
     components, n = ndimage.label(wt_before, structure=CONNECTIVITY_26)
-    sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
+    sizes = _per_component(components, n)
     if wt_probability is None:
         keep = int(np.argmax(sizes)) + 1
     else:
-        sums = np.bincount(components.ravel(), weights=wt_probability.ravel().astype(np.float64), minlength=n + 1)[1:]
-        keep = int(np.argmax(sums / sizes)) + 1
+        keep = int(np.argmax(_per_component(components, n, wt_probability) / sizes)) + 1
     out = after.copy()
     inside = components == keep
     out[inside] = before[inside]
     return out
 
 
+def drop_components(labels: np.ndarray, region: str, should_drop) -> np.ndarray:
+    """``labels`` with the 26-connected components of ``region`` that ``should_drop`` picks relabelled as the next
+    region out (see DROPPED_LABEL). ``should_drop(components, n)`` gets the component map and count
+    and returns a boolean array over components 1..n; the one place the rules below label and replace components."""
+    components, n = ndimage.label(region_mask(labels, region), structure=CONNECTIVITY_26)
+    if n == 0:
+        return labels
+    dropped = np.flatnonzero(should_drop(components, n)) + 1
+    if len(dropped) == 0:
+        return labels
+    out = labels.copy()
+    out[np.isin(components, dropped)] = DROPPED_LABEL[region]
+    return out
+
+
+def _per_component(components: np.ndarray, n: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Voxel count (or sum of ``weights``) of each component 1..n."""
+    return np.bincount(components.ravel(), weights=None if weights is None else weights.ravel().astype(np.float64),
+                       minlength=n + 1)[1:]
+
+
 def drop_unconfident_components(labels: np.ndarray, region: str, min_probability: float, probability: np.ndarray) -> np.ndarray:
     """Components of ``region`` whose mean probability (``probability``: (X, Y, Z) uint8 quantized) is below
     ``min_probability`` become the next region out (see DROPPED_LABEL)."""
-    mask = region_mask(labels, region)
-    components, n = ndimage.label(mask, structure=CONNECTIVITY_26)
-    if n == 0:
-        return labels
-    sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
-    sums = np.bincount(components.ravel(), weights=probability.ravel().astype(np.float64), minlength=n + 1)[1:]
-    weak = np.flatnonzero(sums / sizes / 255 < min_probability) + 1
-    if len(weak) == 0:
-        return labels
-    out = labels.copy()
-    out[np.isin(components, weak)] = DROPPED_LABEL[region]
-    return out
+    return drop_components(labels, region, lambda c, n: _per_component(c, n, probability) / _per_component(c, n) / 255 < min_probability)
 
 
 def drop_small_components(labels: np.ndarray, region: str, min_mm3: float, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
     """Components of ``region`` under ``min_mm3`` become the next region out (see DROPPED_LABEL)."""
     if min_mm3 <= 0:
         return labels
-    mask = region_mask(labels, region)
-    components, n = ndimage.label(mask, structure=CONNECTIVITY_26)
-    if n == 0:
-        return labels
-    sizes_mm3 = np.bincount(components.ravel())[1:] * float(np.prod(spacing))
-    small = np.flatnonzero(sizes_mm3 < min_mm3) + 1
-    if len(small) == 0:
-        return labels
-    out = labels.copy()
-    out[np.isin(components, small)] = DROPPED_LABEL[region]
-    return out
+    return drop_components(labels, region, lambda c, n: _per_component(c, n) * float(np.prod(spacing)) < min_mm3)
 
 
 def drop_coreless_components(labels: np.ndarray, min_core_mm3: float, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
     """WT components holding less than ``min_core_mm3`` of tumour core (labels 1 and 3) become background."""
     if min_core_mm3 <= 0:
         return labels
-    components, n = ndimage.label(region_mask(labels, "WT"), structure=CONNECTIVITY_26)
-    if n == 0:
-        return labels
-    core_mm3 = np.bincount(components.ravel(), weights=region_mask(labels, "TC").ravel(), minlength=n + 1)[1:] * float(np.prod(spacing))
-    coreless = np.flatnonzero(core_mm3 < min_core_mm3) + 1
-    if len(coreless) == 0:
-        return labels
-    out = labels.copy()
-    out[np.isin(components, coreless)] = 0
-    return out
+    core = region_mask(labels, "TC")
+    return drop_components(labels, "WT", lambda c, n: _per_component(c, n, core) * float(np.prod(spacing)) < min_core_mm3)
 
 
 def relabel_small_et(labels: np.ndarray, min_mm3: float, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
