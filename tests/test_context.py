@@ -106,10 +106,24 @@ def test_in_channels_is_not_a_model_setting():
         from_mapping(ModelSettings, {"lr": 1e-3, "batch_size": 4, "arch": {"in_channels": 12}}, "models.unet")
 
 
+def test_a_model_may_set_its_own_context_and_is_held_to_the_shared_rules():
+    from tumorseg.config import SettingError
+    from tumorseg.training.settings import for_model
+
+    shared = TrainSettings(context_slices=2)
+    assert for_model(shared, ModelSettings(lr=1e-3, batch_size=4)).context_slices == 2  # None: the shared block's
+    assert for_model(shared, ModelSettings(lr=1e-3, batch_size=4, context_slices=0)).context_slices == 0
+    assert for_model(TrainSettings(), ModelSettings(lr=1e-3, batch_size=4, context_slices=1)).context_slices == 1
+    with pytest.raises(SettingError, match="tumour_slices_only"):
+        for_model(TrainSettings(tumour_slices_only=True), ModelSettings(lr=1e-3, batch_size=4, context_slices=1))
+    with pytest.raises(ParamsError, match="models.unet.context_slices"):
+        from_mapping(ModelSettings, {"lr": 1e-3, "batch_size": 4, "context_slices": 9}, "models.unet")
+
+
 @pytest.mark.slow
 def test_a_2_5d_model_trains_and_predicts_as_the_pipeline_infers(tiny_pipeline):
-    """model.json carries context_slices; the infer stage and `tumorseg predict` (from the raw NIfTI) then feed the
-    model the same neighbours, voxel for voxel."""
+    """model.json carries context_slices (set here per model, ``models.<name>.context_slices``, over a shared 0); the
+    infer stage and `tumorseg predict` (from the raw NIfTI) then feed the model the same neighbours, voxel for voxel."""
     import nibabel as nib
 
     from tumorseg.data.brats import discover_cases
@@ -121,8 +135,8 @@ def test_a_2_5d_model_trains_and_predicts_as_the_pipeline_infers(tiny_pipeline):
     from tumorseg.training.loop import train_model
 
     root, work = tiny_pipeline, tiny_pipeline / "context"
-    train = TrainSettings(epochs=1, samples_per_epoch=16, patience=0, device="cpu", seed=1, eval_batch_size=16, context_slices=1)
-    train_model("unet", train, ModelSettings(lr=3e-3, batch_size=8, arch={"base_channels": 8, "depth": 2}), root / "pre",
+    train = TrainSettings(epochs=1, samples_per_epoch=16, patience=0, device="cpu", seed=1, eval_batch_size=16, context_slices=0)
+    train_model("unet", train, ModelSettings(lr=3e-3, batch_size=8, context_slices=1, arch={"base_channels": 8, "depth": 2}), root / "pre",
                 root / "split.parquet", work / "unet", work / "ckpt", preprocess_config={"crop": "brain", "normalize": "minmax"})
     assert json.loads((work / "unet" / "model.json").read_text())["context_slices"] == 1
     model, _ = load_model(work / "unet")

@@ -35,7 +35,7 @@ from tumorseg.training import checkpoint, distributed
 from tumorseg.training.augment import build_augmentation
 from tumorseg.training.data import SliceBank, StreamBank, epoch_indices, mimic_voxels, open_bank, random_patches, to_device
 from tumorseg.training.losses import mimic_weights, segmentation_loss
-from tumorseg.training.settings import ModelSettings, TrainSettings
+from tumorseg.training.settings import ModelSettings, TrainSettings, for_model
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ def train_model(
 
     Under torchrun (``train.nproc_per_node``; tumorseg.training.distributed) every rank runs this function on its share
     of each batch; rank 0 alone validates and writes."""
+    train = for_model(train, model_cfg)
     world = distributed.world_from_env()
     device = distributed.start(world, pick_device(train.device))
     try:

@@ -6,7 +6,7 @@ those keys of the same block through ``RuntimeSettings`` alone, so an edit here 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from tumorseg.config import Checked, SettingError, in_range
@@ -92,9 +92,20 @@ class ModelSettings(Checked):
     lr: float = field(metadata=in_range(0, low_open=True))
     batch_size: int = field(metadata=in_range(1))
     epochs: int | None = field(default=None, metadata=in_range(1))  # overrides train.epochs for this model
+    # overrides train.context_slices for this model (2.5D input); None: train.context_slices. Inference reads it from
+    # the trained model's model.json, so a per-model value needs nothing else
+    context_slices: int | None = field(default=None, metadata=in_range(0, 8))
     arch: dict[str, Any] = field(default_factory=dict)  # constructor arguments of the model
 
     def check(self) -> None:
         if "in_channels" in self.arch:
-            raise SettingError("arch", "sets in_channels, which the data decides: 4 sequences x (2 x train.context_slices + 1) "
+            raise SettingError("arch", "sets in_channels, which the data decides: 4 sequences x (2 x context_slices + 1) "
                                        "slices; remove it")
+
+
+def for_model(train: TrainSettings, model: ModelSettings) -> TrainSettings:
+    """``train`` with this model's overrides of the shared block applied (``context_slices``), checked again against the
+    shared block's other keys (e.g. 2.5D input needs every slice)."""
+    if model.context_slices is None or model.context_slices == train.context_slices:
+        return train
+    return replace(train, context_slices=model.context_slices)
