@@ -1,0 +1,67 @@
+"""Does a fitted post-processing lower any validation patient's legacy Dice in a region other than the one its rule
+was fitted for?
+
+`postprocess@<model>` keeps a threshold only if no validation patient's legacy Dice *of that step's region* falls.
+A WT rule that drops a component also drops the tumour core and enhancing tumour inside it, which that check does not
+see. This script applies each model's fitted rules (models/<model>/postprocess.json) to the validation patients'
+stored predictions and lists, per region, every patient whose legacy Dice falls: if none does, checking every region
+while fitting would have chosen the same thresholds. The test patients are not read.
+
+    python bench/postprocess_regions.py --out bench/results/postprocess_regions.md      (after `dvc repro`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from _output import emit  # noqa: E402  (bench/ is on sys.path when a script runs)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from tumorseg import paths  # noqa: E402
+from tumorseg.data.labels import REGION_NAMES, region_mask  # noqa: E402
+from tumorseg.data.split import read_split  # noqa: E402
+from tumorseg.evaluation.metrics import dice  # noqa: E402
+from tumorseg.evaluation.postprocess import POSTPROCESS_FILE, read_rules  # noqa: E402
+from tumorseg.evaluation.predictions import Predictions, patients  # noqa: E402
+from tumorseg.evaluation.scoring import Truths  # noqa: E402
+
+ROWS = ("unet", "resnet_unet", "transunet", "ensemble")
+
+
+def worse_patients(model: str, cases: list[str], truths: Truths) -> dict[str, list[str]]:
+    """Per region, '<case> <raw> -> <post-processed>' for every validation patient whose legacy Dice falls."""
+    preds = Predictions(REPO / paths.INFERENCE_DIR / model)
+    rules = read_rules(REPO / paths.MODELS_DIR / model / POSTPROCESS_FILE)
+    worse: dict[str, list[str]] = {r: [] for r in REGION_NAMES}
+    for case in cases:
+        raw, truth = preds.labels(case), truths(case)
+        post = rules.apply(raw, preds.spacing(case), preds.probability_volume(case))
+        for region in REGION_NAMES:
+            before, after = (dice(region_mask(x, region), region_mask(truth, region)) for x in (raw, post))
+            if after < before - 1e-9:
+                worse[region].append(f"{case} {before:.3f} -> {after:.3f}")
+    return worse
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    cases = patients(read_split(REPO / paths.SPLIT), "val")
+    truths = Truths(REPO / paths.RAW_DIR, REPO / paths.MANIFEST)
+    lines = [f"`python bench/postprocess_regions.py`: validation patients ({len(cases)}) whose legacy Dice of a region "
+             "falls under the model's fitted post-processing (models/<model>/postprocess.json)", "",
+             "| model | " + " | ".join(f"{r}: patients worse" for r in REGION_NAMES) + " |",
+             "|---|" + "---|" * len(REGION_NAMES)]
+    for model in ROWS:
+        worse = worse_patients(model, cases, truths)
+        lines.append(f"| {model} | " + " | ".join("; ".join(worse[r]) or "none" for r in REGION_NAMES) + " |")
+    emit("\n".join(lines), args.out)
+
+
+if __name__ == "__main__":
+    main()
