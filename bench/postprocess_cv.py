@@ -111,7 +111,7 @@ def main() -> None:
             per_family[fam] = scores
             rows.append(f"| {name} | {fam} | " + " | ".join(f"{np.mean([r[k] for r in scores]):.3f}" for k in KEYS) + " |")
             print(rows[-1], flush=True)
-            if fam != "params.yaml":
+            if fam != "params.yaml" and len(settings.wt_core_mm3) > 1:  # a core-rule family: which thresholds the folds chose
                 cores = sorted({r.min_wt_core_mm3 for r in fitted})
                 chosen.append(f"| {name} | {fam} | {', '.join(f'{c:g}' for c in cores)} | "
                               f"{sum(r.min_wt_core_mm3 > 0 for r in fitted)} of {len(fitted)} |")
