@@ -22,28 +22,27 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from tumorseg import paths  # noqa: E402
-from tumorseg.data.labels import REGION_NAMES, region_mask  # noqa: E402
+from tumorseg.data.labels import REGION_NAMES  # noqa: E402
 from tumorseg.data.split import read_split  # noqa: E402
-from tumorseg.evaluation.metrics import dice  # noqa: E402
 from tumorseg.evaluation.postprocess import POSTPROCESS_FILE, read_rules  # noqa: E402
 from tumorseg.evaluation.predictions import Predictions, patients  # noqa: E402
-from tumorseg.evaluation.scoring import Truths  # noqa: E402
+from tumorseg.evaluation.scoring import Truths, score_patients  # noqa: E402
 
 ROWS = ("unet", "resnet_unet", "transunet", "ensemble")
 
 
 def worse_patients(model: str, cases: list[str], truths: Truths) -> dict[str, list[str]]:
-    """Per region, '<case> <raw> -> <post-processed>' for every validation patient whose legacy Dice falls."""
+    """Per region, '<case> <raw> -> <post-processed>' for every validation patient whose legacy Dice falls (scored as
+    postprocess@<model> and evaluate score, tumorseg.evaluation.scoring)."""
     preds = Predictions(REPO / paths.INFERENCE_DIR / model)
     rules = read_rules(REPO / paths.MODELS_DIR / model / POSTPROCESS_FILE)
+    scored = score_patients(preds, cases, truths, {"raw": None, "post": rules.apply})
     worse: dict[str, list[str]] = {r: [] for r in REGION_NAMES}
-    for case in cases:
-        raw, truth = preds.labels(case), truths(case)
-        post = rules.apply(raw, preds.spacing(case), preds.probability_volume(case))
+    for raw, post in zip(scored["raw"][0], scored["post"][0]):
         for region in REGION_NAMES:
-            before, after = (dice(region_mask(x, region), region_mask(truth, region)) for x in (raw, post))
+            before, after = raw[f"dice_{region}"], post[f"dice_{region}"]
             if after < before - 1e-9:
-                worse[region].append(f"{case} {before:.3f} -> {after:.3f}")
+                worse[region].append(f"{raw['case_id']} {before:.3f} -> {after:.3f}")
     return worse
 
 
