@@ -35,9 +35,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 from tumorseg import paths  # noqa: E402
 from tumorseg.config import from_mapping, read_params  # noqa: E402
-from tumorseg.data.labels import REGION_NAMES, region_mask  # noqa: E402
+from tumorseg.data.labels import REGION_NAMES  # noqa: E402
 from tumorseg.data.split import read_split  # noqa: E402
-from tumorseg.evaluation.metrics import dice, lesion_wise  # noqa: E402
+from tumorseg.evaluation.metrics import volume_metrics  # noqa: E402
 from tumorseg.evaluation.postprocess import PostprocessRules, PostprocessSettings, any_probability, fit_rules  # noqa: E402
 from tumorseg.evaluation.predictions import Predictions, patients  # noqa: E402
 from tumorseg.evaluation.scoring import Truths  # noqa: E402
@@ -56,13 +56,10 @@ def family_settings(block: dict, overrides: list[str]) -> PostprocessSettings:
 
 
 def score(pred: np.ndarray, truth: np.ndarray, spacing) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for r in REGION_NAMES:
-        p, t = region_mask(pred, r), region_mask(truth, r)
-        scores = lesion_wise(p, t, spacing, with_hd95=False)
-        out[f"lesion_dice_{r}"], out[f"dice_{r}"] = scores.dice, dice(p, t)
-        if r == "WT":
-            out["fp_WT"] = float(scores.fp)
+    """A held-out patient's lesion-wise and legacy Dice per region and false WT lesions, as evaluate scores them."""
+    row = volume_metrics(pred, truth, spacing)
+    out = {k: float(row[k]) for k in KEYS if k in row}
+    out["fp_WT"] = float(row["lesion_fp_WT"])
     out["lesion_dice_mean"] = float(np.mean([out[f"lesion_dice_{r}"] for r in REGION_NAMES]))
     out["dice_mean"] = float(np.mean([out[f"dice_{r}"] for r in REGION_NAMES]))
     return out
