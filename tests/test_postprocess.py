@@ -159,6 +159,27 @@ def test_a_threshold_that_costs_any_validation_patient_legacy_dice_is_refused():
     assert rules.min_component_mm3["WT"] == 50  # ...but it costs patient A, so 50 is chosen
 
 
+def test_patient_tolerance_lets_a_grazing_speck_go():
+    """Patient A's prediction holds a one-voxel island of true tumour (legacy Dice 1 -> 0.999 without it); patient B
+    has two false 5-voxel specks. With no tolerance A's 0.001 vetoes the 10 mm3 rule for everyone; with 0.005 it goes."""
+    shape = (40, 30, 30)
+    main = np.zeros(shape, dtype=np.uint8)
+    main[4:12, 4:12, 4:12] = 2
+    truth_a = main.copy()
+    truth_a[30, 20, 20] = 2
+    pred_b = main.copy()
+    pred_b[25, 20:25, 20] = 2
+    pred_b[32, 4:9, 4] = 2
+    cases = [(truth_a.copy(), truth_a, (1.0, 1.0, 1.0), None), (pred_b, main, (1.0, 1.0, 1.0), None)]
+    strict, steps = fit_rules(cases, PostprocessSettings(component_mm3=(0, 10), et_volume_mm3=(0,)))
+    assert steps[0]["candidates"][1]["patients_worse"] == 1 and strict.min_component_mm3["WT"] == 0
+    tolerant, steps = fit_rules(cases, PostprocessSettings(component_mm3=(0, 10), et_volume_mm3=(0,), patient_tolerance=0.005))
+    assert steps[0]["candidates"][1]["patients_worse"] == 0 and tolerant.min_component_mm3["WT"] == 10
+    # a tolerance is for specks that graze a tumour, not for lost lesions: at most 0.05
+    with pytest.raises(SettingError, match="patient_tolerance"):
+        PostprocessSettings(patient_tolerance=0.2)
+
+
 def _probabilities(labels: np.ndarray, confidence: list[tuple[tuple[slice, ...], float]]) -> np.ndarray:
     """(3, X, Y, Z) uint8 quantized probabilities: 0.95 inside each region, overridden in the given boxes."""
     from tumorseg.data.labels import REGION_NAMES, region_mask

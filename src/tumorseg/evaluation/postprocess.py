@@ -61,6 +61,9 @@ class PostprocessSettings(Checked):
     wt_core_mm3: tuple[float, ...] = field(default=(0,), metadata=in_range(0))
     # never let the WT rules delete every tumour of a patient (BraTS-Africa: every case has one)
     keep_one_tumour: bool = True
+    # legacy Dice a validation patient may lose to a threshold before the threshold counts as making it worse (and is
+    # not allowed): 0 lets a speck that grazes the tumour (a loss of 0.00003) veto every rule for every patient
+    patient_tolerance: float = field(default=0.0, metadata=in_range(0, 0.05))
 
     def check(self) -> None:
         for key in ("component_mm3", "component_probability", "et_volume_mm3", "wt_core_mm3"):
@@ -218,7 +221,8 @@ def fit_rules(cases: list[tuple[np.ndarray, np.ndarray, tuple[float, float, floa
         # ascending: the first candidate, 0, changes nothing and is the baseline
         lesion, legacy = _scores(cases, [_with(rules, region, kind, float(t)) for t in candidates], region)
         tried = [{UNITS[kind]: float(t), "lesion_dice": round(float(lesion[i].mean()), 6),
-                  "legacy_dice": round(float(legacy[i].mean()), 6), "patients_worse": int((legacy[i] < legacy[0] - 1e-9).sum())}
+                  "legacy_dice": round(float(legacy[i].mean()), 6),
+                  "patients_worse": int((legacy[i] < legacy[0] - max(settings.patient_tolerance, 1e-9)).sum())}
                  for i, t in enumerate(candidates)]
         # Non-inferiority per patient, not on the mean: on a handful of validation patients a mean can trade one
         # patient's lost lesion for another's removed false positive, and such a threshold does not carry over.
