@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
+from tumorseg.data.labels import labels_to_regions
 from tumorseg.training import checkpoint
 from tumorseg.models.io import load_model
 from tumorseg.config import SettingError
-from tumorseg.training.data import MIMIC, TUMOUR, SliceBank, epoch_indices, find_mimics, random_patches
+from tumorseg.training.data import MIMIC, TUMOUR, SliceBank, epoch_indices, find_mimics, random_patches, tumour_class_mask
 from tumorseg.training.losses import mimic_weights, segmentation_loss
 from tumorseg.training.loop import HISTORY_COLUMNS, NonFiniteLossError, lr_at, train_model
 from tumorseg.training.settings import ModelSettings, TrainSettings
@@ -47,6 +48,33 @@ def test_random_patches_cut_aligned_windows_and_centre_on_tumour():
     assert random_patches(x, y, 0, forced, g)[0] is x  # 0: whole slices
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     assert torch.equal(random_patches(x, y, 16, forced, g1)[0], random_patches(x, y, 16, forced, g2)[0])
+
+
+def test_class_centring_balances_the_tumour_classes():
+    """A slice of mostly edema with a small necrotic core and a smaller enhancing spot: centred on a random tumour
+    voxel, almost every patch centres on edema; by class, each class centres a third of the patches."""
+    n, h, w = 600, 64, 64
+    labels = torch.zeros(n, h, w, dtype=torch.long)
+    labels[:, 10:50, 10:50] = 2  # edema: 1600 voxels
+    labels[:, 28:32, 28:32] = 1  # necrotic core: 16 - 4 voxels
+    labels[:, 29:31, 29:31] = 3  # enhancing: 4 voxels
+    y = labels_to_regions(labels)
+    x = labels[:, None].float().expand(n, 4, h, w).contiguous()  # the patch centre's class, read from the image
+    forced = torch.ones(n, dtype=torch.bool)
+
+    def centre_classes(by_class):
+        xp, _ = random_patches(x, y, 32, forced, torch.Generator().manual_seed(3), by_class=by_class)
+        return torch.bincount(xp[:, 0, 16, 16].long(), minlength=4)[1:].float() / n  # core, edema, enhancing
+
+    core, edema, enhancing = centre_classes(False)
+    assert edema > 0.95
+    core, edema, enhancing = centre_classes(True)
+    assert all(abs(float(share) - 1 / 3) < 0.07 for share in (core, edema, enhancing))
+    # a slice without tumour (or without some class) never centres on a class it lacks
+    mask = tumour_class_mask(torch.zeros(2, 3, 4, 4), torch.tensor([0.0, 0.99]))
+    assert not mask.any()
+    only_edema = labels_to_regions(torch.full((1, 4, 4), 2))
+    assert tumour_class_mask(only_edema, torch.tensor([0.99])).all()
 
 
 def test_epoch_indices_force_the_foreground_share():

@@ -292,14 +292,31 @@ def epoch_indices(bank: SliceBank, n: int, foreground_fraction: float, generator
     return idx[order], kinds[order].to(torch.int8)
 
 
+def tumour_class_mask(targets: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool: per sample, the voxels of one tumour class its region targets (WT, TC, ET) hold, the class
+    chosen uniformly among those present by ``picks`` (uniform in [0, 1), one per sample): edema (WT outside TC),
+    necrotic / non-enhancing core (TC outside ET) or enhancing tumour (ET). All False for a sample without tumour."""
+    regions = targets > 0
+    classes = torch.stack([regions[:, 0] & ~regions[:, 1], regions[:, 1] & ~regions[:, 2], regions[:, 2]], 1)
+    present = classes.flatten(2).any(2)  # (N, 3)
+    n_present = present.sum(1)
+    k = torch.minimum((to_device(picks, present.device) * n_present).long(), (n_present - 1).clamp(min=0))
+    chosen = torch.searchsorted(present.long().cumsum(1), (k + 1)[:, None]).squeeze(1).clamp(max=2)  # k-th present class
+    return classes[torch.arange(len(targets), device=targets.device), chosen]
+
+
 def random_patches(images: torch.Tensor, targets: torch.Tensor, size: int, centre_on: torch.Tensor,
-                   generator: torch.Generator, mimic_thresholds: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   generator: torch.Generator, mimic_thresholds: tuple[float, float] | None = None,
+                   by_class: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut one ``size`` x ``size`` patch per sample, as nnU-Net trains on patches rather than
     whole images: the cost of a step falls with the patch area while the models stay fully
     convolutional, so inference still runs on whole slices. ``centre_on`` says per sample where
     (bool: True = TUMOUR, or the kinds of ``epoch_indices``): a TUMOUR sample's patch is centred on
     a random tumour voxel, a MIMIC sample's on a random tumour-bright voxel outside the tumour
-    (``mimic_thresholds``), the others placed uniformly. Random numbers come from ``generator`` (CPU)."""
+    (``mimic_thresholds``), the others placed uniformly. ``by_class``: a TUMOUR sample's centre is a random voxel of
+    one of the tumour classes its slice holds (edema, necrotic / non-enhancing core, enhancing tumour), each class
+    equally likely, as nnU-Net samples foreground; otherwise of the whole tumour, where edema dominates. Random
+    numbers come from ``generator`` (CPU); ``by_class`` draws one more per sample, so the default stream is unchanged."""
     n, _, h, w = images.shape
     if size <= 0 or (size >= h and size >= w):
         return images, targets
@@ -308,11 +325,12 @@ def random_patches(images: torch.Tensor, targets: torch.Tensor, size: int, centr
     tops = (torch.rand(n, generator=generator) * (h - ph + 1)).long().clamp(max=h - ph)
     lefts = (torch.rand(n, generator=generator) * (w - pw + 1)).long().clamp(max=w - pw)
     picks = torch.rand(n, generator=generator)  # drawn for every sample, so the stream never depends on the data
+    class_picks = torch.rand(n, generator=generator) if by_class else None
     if (kinds != UNIFORM).any():
         # The centre is the k-th voxel (row-major) of the sample's tumour (or mimic) mask, k = pick x count: found for
         # the whole batch at once by a cumulative count, with no per-sample loop or host round trip.
         wt = targets[:, 0] > 0
-        where = wt & to_device(kinds == TUMOUR, wt.device)[:, None, None]
+        where = (tumour_class_mask(targets, class_picks) if by_class else wt) & to_device(kinds == TUMOUR, wt.device)[:, None, None]
         if mimic_thresholds is not None and (kinds == MIMIC).any():
             mimic = mimic_voxels(centre_slice(images), wt, mimic_thresholds)
             where = where | (mimic & to_device(kinds == MIMIC, wt.device)[:, None, None])

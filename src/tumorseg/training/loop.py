@@ -251,7 +251,8 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
                 y = labels_to_regions(labels)
                 x, y = augmentation(x, y, generator)
                 x, y = random_patches(x, y, train.patch_size, kinds[batch_rows][share], generator,
-                                      train_bank.mimic_thresholds if train.mimic_fraction > 0 else None)
+                                      train_bank.mimic_thresholds if train.mimic_fraction > 0 else None,
+                                      by_class=train.foreground_centre == "class")
                 if train.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device, amp_dtype):

@@ -33,6 +33,9 @@ class TrainSettings(RuntimeSettings):
     epochs: int = field(default=100, metadata=in_range(1))
     samples_per_epoch: int = field(default=0, metadata=in_range(0))  # 0: one pass over the training slices
     foreground_fraction: float = field(default=0.33, metadata=in_range(0, 1))  # nnU-Net forces a third of samples onto tumour
+    # where a forced sample's patch is centred: voxel (a random tumour voxel: mostly edema) | class (a random voxel of a
+    # random tumour class the slice holds: edema, necrotic core, enhancing tumour equally likely, as nnU-Net)
+    foreground_centre: Literal["voxel", "class"] = "voxel"
     # share of samples forced onto slices with tumour mimics (tumour-bright on FLAIR / T1c outside the tumour), their
     # patch centred on one: hard negatives against false-positive lesions
     mimic_fraction: float = field(default=0.0, metadata=in_range(0, 1))
