@@ -8,7 +8,8 @@ trained 10 minutes on the same cores and split (the mean of its runs in bench/re
 bench/nnunet_baseline/run.sh; criterion fixed in bench/results/nnunet_criterion.md before those runs); issue 12's
 lesion-wise targets for the champion (chosen on validation by the report stage): lesion-wise WT Dice
 within 0.05 of its legacy WT Dice and at most 0.3 false-positive WT lesions per patient; every
-model's legacy Dice no worse with post-processing than without; full run <= 12 min, no-op <= 5 s.
+model's legacy Dice no worse with post-processing than without (with each model's per-patient difference and its
+95% bootstrap interval, to tell one patient's loss from the set's); full run <= 12 min, no-op <= 5 s.
 The test figures only report: nothing here chooses anything. Writes a markdown summary.
 
     python bench/acceptance.py --out bench/results/acceptance.md

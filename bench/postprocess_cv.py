@@ -56,7 +56,8 @@ def family_settings(block: dict, overrides: list[str]) -> PostprocessSettings:
 
 
 def score(pred: np.ndarray, truth: np.ndarray, spacing) -> dict[str, float]:
-    """A held-out patient's lesion-wise and legacy Dice per region and false WT lesions, as evaluate scores them."""
+    """A held-out patient's lesion-wise and legacy Dice per region and false WT lesions, as evaluate scores them (its
+    HD95s too, unused here: small next to the fits at this size)."""
     row = volume_metrics(pred, truth, spacing)
     out = {k: float(row[k]) for k in KEYS if k in row}
     out["fp_WT"] = float(row["lesion_fp_WT"])

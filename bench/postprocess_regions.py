@@ -1,7 +1,8 @@
 """Does a fitted post-processing lower any validation patient's legacy Dice in a region other than the one its rule
 was fitted for?
 
-`postprocess@<model>` keeps a threshold only if no validation patient's legacy Dice *of that step's region* falls.
+`postprocess@<model>` keeps a threshold only if no validation patient's legacy Dice *of that step's region* falls
+(by more than `postprocess.patient_tolerance`); this script counts any fall, however small.
 A WT rule that drops a component also drops the tumour core and enhancing tumour inside it, which that check does not
 see. This script applies each model's fitted rules (models/<model>/postprocess.json) to the validation patients'
 stored predictions and lists, per region, every patient whose legacy Dice falls: if none does, checking every region

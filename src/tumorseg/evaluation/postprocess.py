@@ -20,8 +20,8 @@ What BraTS winners do after the network, as explicit, fitted rules:
 
 ``postprocess@<model>`` fits the thresholds on the validation patients (greedily, WT then TC then
 ET, size then core then confidence, each step keeping the candidate with the best mean lesion-wise Dice of its region among those
-under which no validation patient's legacy Dice of that region falls; ties go to the smaller
-threshold) and writes them,
+under which no validation patient's legacy Dice of that region falls by more than ``patient_tolerance``, against the
+rules chosen before that step; ties go to the smaller threshold) and writes them,
 with the validation figures behind each choice, to ``models/<model>/postprocess.json``; evaluate,
 ``tumorseg predict`` and the app apply them. The test patients play no part.
 """
@@ -62,7 +62,8 @@ class PostprocessSettings(Checked):
     # never let the WT rules delete every tumour of a patient (BraTS-Africa: every case has one)
     keep_one_tumour: bool = True
     # legacy Dice a validation patient may lose to a threshold before the threshold counts as making it worse (and is
-    # not allowed): 0 lets a speck that grazes the tumour (a loss of 0.00003) veto every rule for every patient
+    # not allowed), per fitted step (so up to twice this over a region's size and confidence steps): 0 lets a speck
+    # that grazes the tumour (a loss of 0.00003) veto every rule for every patient
     patient_tolerance: float = field(default=0.0, metadata=in_range(0, 0.05))
 
     def check(self) -> None:
@@ -224,7 +225,7 @@ def fit_rules(cases: list[tuple[np.ndarray, np.ndarray, tuple[float, float, floa
                   "legacy_dice": round(float(legacy[i].mean()), 6),
                   "patients_worse": int((legacy[i] < legacy[0] - max(settings.patient_tolerance, 1e-9)).sum())}
                  for i, t in enumerate(candidates)]
-        # Non-inferiority per patient, not on the mean: on a handful of validation patients a mean can trade one
+        # Non-inferiority per patient (within patient_tolerance), not on the mean: on a handful of validation patients a mean can trade one
         # patient's lost lesion for another's removed false positive, and such a threshold does not carry over.
         allowed = [t for t in tried if t["patients_worse"] == 0]
         best = max(allowed, key=lambda t: (t["lesion_dice"], -t[UNITS[kind]]))
@@ -248,11 +249,13 @@ def _with(rules: PostprocessRules, region: str, kind: str, threshold: float) -> 
     return replace(rules, min_et_volume_mm3=threshold)
 
 
-def write_rules(path: Path, rules: PostprocessRules, enabled: bool, steps: list[dict], validation: dict) -> None:
+def write_rules(path: Path, rules: PostprocessRules, enabled: bool, steps: list[dict], validation: dict,
+                patient_tolerance: float = 0.0) -> None:
+    """``patient_tolerance`` is recorded because the steps' ``patients_worse`` counts losses beyond it."""
     from tumorseg.fileio import atomic_file
 
     doc = {"enabled": enabled, "rules": asdict(rules), "fitted_on": "validation patients", "steps": steps,
-           "validation": validation}
+           "validation": validation, "patient_tolerance": patient_tolerance}
     with atomic_file(Path(path)) as tmp:
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
@@ -300,7 +303,7 @@ def fit_postprocess(name: str, predictions_dir: Path, split_path: Path, manifest
     rules, steps = fit_rules(val, settings)
     scored = score_patients(preds, cases, truths, {"raw": None, "post": rules.apply})
     validation = {"n_patients": len(cases), "postprocessed": summarise(*scored["post"]), "raw": summarise(*scored["raw"])}
-    write_rules(out_path, rules, settings.enabled, steps, validation)
+    write_rules(out_path, rules, settings.enabled, steps, validation, settings.patient_tolerance)
     post, raw = validation["postprocessed"], validation["raw"]
     log.info("%s post-processing fitted on %d validation patients: components >= %s mm3, WT components with >= %g mm3 of core, "
              "of mean probability >= %s, ET volume >= %g mm3; lesion-wise Dice WT %.3f -> %.3f, TC %.3f -> %.3f, ET %.3f -> %.3f", name,
