@@ -105,10 +105,11 @@ def main() -> None:
             for model in args.models:
                 r = run_seed(model, seed, params, Path(tmp), args.validation_only)
                 results[model].append(r)
-                print(f"{model} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)
+                print(f"{model} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items()), flush=True)
 
+    # four decimals: a criterion threshold such as +0.01 must be decidable from the printed means
     def ms(values: list[float]) -> str:
-        return f"{statistics.mean(values):.3f} +/- {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+        return f"{statistics.mean(values):.4f} +/- {statistics.stdev(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
 
     command = " ".join(["python bench/seeds.py", *(["--validation-only"] if args.validation_only else []),
                         "--seeds", *map(str, args.seeds), *(["--models", *args.models] if args.models != MODELS else []),
@@ -122,7 +123,7 @@ def main() -> None:
              "", header, "|" + "---|" * (len(keys) + 2), *rows]
     # per seed too: a mean over three trainings hides whether a target holds for each of them
     lines += ["", "Per seed:", "", "| model | seed | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
-    lines += [f"| {m} | {seed} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |"
+    lines += [f"| {m} | {seed} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + " |"
               for m, rs in results.items() for seed, r in zip(args.seeds, rs)]
     emit("\n".join(lines), args.out)
 
