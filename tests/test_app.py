@@ -149,6 +149,20 @@ def test_overlay_volumes_and_dice():
     assert support.most_tumour_slice(vol) == 0
 
 
+def test_the_page_preselects_the_champion_when_the_validation_figures_name_one(tmp_path):
+    from tumorseg.evaluation.postprocess import PostprocessRules, write_rules
+
+    models = ["unet", "resnet_unet", "transunet", "ensemble"]
+    for name, lesion in (("unet", 0.7), ("resnet_unet", 0.6), ("transunet", 0.8)):
+        (tmp_path / name).mkdir()
+        write_rules(tmp_path / name / "postprocess.json", PostprocessRules(), True, [],
+                    {"postprocessed": {"lesion_dice_mean": lesion, "dice_mean": 0.9}})
+    assert support.champion_or_none(tmp_path, models) == "transunet"
+    assert support.champion_or_none(tmp_path, ["unet"]) is None  # the champion is not among the trained models offered
+    (tmp_path / "unet" / "postprocess.json").unlink()
+    assert support.champion_or_none(tmp_path, models) is None  # no champion without every model's figures: unmarked
+
+
 # ---------------------------------------------------------------- the page, in process
 
 

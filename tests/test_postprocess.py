@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -250,10 +251,11 @@ def test_older_rules_files_have_no_confidence_rule(tmp_path):
     assert not any(rules.min_component_probability.values()) and rules.min_component_mm3["WT"] == 10.0
 
 
-def test_a_patient_keeps_its_most_confident_tumour():
+def test_a_patient_keeps_its_most_probable_tumour():
     """Every BraTS-Africa case has a tumour: when the WT rules would remove all of a patient's predicted tumour, its
-    most confident component (the largest without probabilities) stays, with its inner labels; a patient with a
-    confident tumour still loses its weak mimic."""
+    component of most tumour probability (summed over its voxels; the largest without probabilities) stays, with its
+    inner labels; a confident one-voxel speck never wins over a tumour; a patient with a confident tumour still loses
+    its weak mimic."""
     labels = np.zeros((30, 30, 30), dtype=np.uint8)
     weak_big = (slice(2, 10), slice(2, 10), slice(2, 10))      # 512 voxels at 0.70
     weaker = (slice(20, 24), slice(20, 24), slice(20, 24))      # 64 voxels at 0.65
@@ -266,9 +268,22 @@ def test_a_patient_keeps_its_most_confident_tumour():
     assert not emptied.any()
     kept = PostprocessRules(min_component_probability=strict, keep_one_tumour=True).apply(labels, probabilities=probs)
     assert np.array_equal(kept[weak_big], labels[weak_big]) and not kept[weaker].any()
-    probs = _probabilities(labels, [(weak_big, 0.60), (weaker, 0.70)])  # now the small one is the more confident
+    # a speck more confident than the tumour (0.78 against 0.70) but one voxel: the tumour is kept, not the speck
+    speck = (25, 25, 25)
+    labels[speck] = 2
+    probs = _probabilities(labels, [(weak_big, 0.70), (weaker, 0.65), ((slice(25, 26),) * 3, 0.78)])
     kept = PostprocessRules(min_component_probability=strict, keep_one_tumour=True).apply(labels, probabilities=probs)
-    assert not kept[weak_big].any() and np.array_equal(kept[weaker], labels[weaker])
+    assert np.array_equal(kept[weak_big], labels[weak_big]) and not kept[weaker].any() and kept[speck] == 0
+    labels[speck] = 0
+    # of two components of one size, the more confident one stays
+    labels[weak_big] = 0
+    labels[2:6, 2:6, 2:6] = 2
+    probs = _probabilities(labels, [((slice(2, 6),) * 3, 0.60), (weaker, 0.70)])
+    kept = PostprocessRules(min_component_probability=strict, keep_one_tumour=True).apply(labels, probabilities=probs)
+    assert not kept[2:6, 2:6, 2:6].any() and np.array_equal(kept[weaker], labels[weaker])
+    labels[2:6, 2:6, 2:6] = 0
+    labels[weak_big] = 2
+    labels[3:6, 3:6, 3:6] = 3
     by_size = PostprocessRules({"WT": 1000.0, "TC": 0.0, "ET": 0.0}, keep_one_tumour=True).apply(labels)
     assert np.array_equal(by_size[weak_big], labels[weak_big]) and not by_size[weaker].any()
     labels[weaker] = 0
@@ -335,3 +350,20 @@ def test_rules_files_without_a_core_rule_read_as_none(tmp_path):
     assert read_rules(path).min_wt_core_mm3 == 0
     write_rules(path, PostprocessRules(min_wt_core_mm3=25.0), True, [], {})
     assert read_rules(path).min_wt_core_mm3 == 25.0
+
+
+def test_the_rules_file_records_the_mirrorings_fitted_on(tmp_path):
+    """A confidence rule holds for the probabilities it was fitted on: postprocess.json says which (infer.tta), and an
+    ensemble of members predicted alike records their one value."""
+    from tumorseg.evaluation.postprocess import fitted_tta, read_fitted_tta
+
+    assert fitted_tta({"tta": "all"}) == "all" and fitted_tta({"tta": ["lr", "lr"]}) == "lr"
+    assert fitted_tta({"tta": ["all", "none"]}) == ["all", "none"] and fitted_tta({}) is None
+    write_rules(tmp_path / "p.json", PostprocessRules(), True, [], {}, tta="lr")
+    assert read_fitted_tta(tmp_path / "p.json") == "lr"
+    write_rules(tmp_path / "mixed.json", PostprocessRules(), True, [], {}, tta=["all", "none"])
+    assert read_fitted_tta(tmp_path / "mixed.json") is None
+    old = json.loads((tmp_path / "p.json").read_text())
+    del old["tta"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert read_fitted_tta(tmp_path / "old.json") is None

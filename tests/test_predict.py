@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from tumorseg.cli import app
@@ -234,3 +235,141 @@ def test_predict_with_onnx_runtime_matches_pytorch(trained, tmp_path):
     onnx_labels = np.asanyarray(nib.load(tmp_path / "onnx" / f"{case.case_id}-seg.nii.gz").dataobj)
     torch_labels = np.asanyarray(nib.load(tmp_path / "torch" / f"{case.case_id}-seg.nii.gz").dataobj)
     assert (onnx_labels == torch_labels).mean() >= 0.9999  # logits agree to ~1e-5: a voxel at exactly 0.5 could flip
+
+
+def test_the_default_model_is_the_champion_chosen_on_validation(trained, tmp_path, monkeypatch):
+    """Without --model, predict runs the model the report would make champion (best validation lesion-wise Dice)."""
+    from tumorseg.evaluation.postprocess import PostprocessRules, write_rules
+
+    root, model_dir, _ = trained
+    models = tmp_path / "models"
+    model, config = model_io.load_model(model_dir)
+    state = model.state_dict()
+    for name, lesion in (("unet", 0.70), ("resnet_unet", 0.90), ("transunet", 0.80)):
+        if name == "resnet_unet":  # a different network, so the output shows which model ran: ET everywhere
+            state = {**state, "head.weight": state["head.weight"] * 0, "head.bias": state["head.bias"] * 0 + 10.0}
+        else:
+            state = model.state_dict()
+        model_io.save_model(models / name, state, config)
+        write_rules(models / name / "postprocess.json", PostprocessRules(), True, [],
+                    {"postprocessed": {"lesion_dice_mean": lesion, "dice_mean": 0.9}})
+    monkeypatch.setattr("tumorseg.paths.MODELS_DIR", models)
+    case = discover_cases(root / "raw")[0]
+    name = f"{case.case_id}-seg.nii.gz"
+    default = _invoke("predict", case.path, "--out", tmp_path / "default")
+    assert default.exit_code == 0, default.output
+    named = _invoke("predict", case.path, "--model", "resnet_unet", "--out", tmp_path / "named")
+    other = _invoke("predict", case.path, "--model", "unet", "--out", tmp_path / "other")
+    assert named.exit_code == 0 and other.exit_code == 0
+    read = lambda folder: np.asanyarray(nib.load(tmp_path / folder / name).dataobj)  # noqa: E731
+    assert np.array_equal(read("default"), read("named")) and not np.array_equal(read("default"), read("other"))
+    (models / "transunet" / "postprocess.json").unlink()
+    missing = _invoke("predict", case.path, "--out", tmp_path / "none")
+    assert missing.exit_code == 2 and "transunet" in missing.output and "--model" in missing.output
+
+
+def test_the_log_says_when_the_mirrorings_differ_from_those_the_rules_were_fitted_on(caplog):
+    import logging
+
+    from tumorseg.prediction import Predictor, note_tta
+
+    caplog.set_level(logging.INFO, logger="tumorseg.prediction")
+    fitted = Predictor("unet", [], rules_source="models/unet/postprocess.json", rules_tta="all")
+    note_tta("all", fitted)
+    assert "fitted on" not in caplog.text
+    note_tta("none", fitted)
+    assert "fitted on probabilities averaged over --tta all" in caplog.text
+    caplog.clear()
+    note_tta("none", Predictor("unet", []))  # no rules applied (or --no-postprocess): nothing to say
+    note_tta("none", Predictor("old", [], rules_source="old/postprocess.json"))  # the file predates the record
+    assert "fitted on" not in caplog.text
+
+
+def test_two_inputs_with_one_case_id_are_refused_before_anything_is_written(trained, tmp_path):
+    root, model_dir, _ = trained
+    case = discover_cases(root / "raw")[0]
+    for site in ("site1", "site2"):
+        shutil.copytree(case.path, tmp_path / site / case.path.name)
+    result = _invoke("predict", tmp_path / "site1", tmp_path / "site2", "--model", model_dir, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "site1" in result.output and "site2" in result.output and "both" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_onnx_export_of_other_weights_is_refused(trained, tmp_path):
+    """model.onnx is no pipeline output: after a retraining the old graph must not run under the new name."""
+    root, model_dir, _ = trained
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    (folder / "model.onnx").unlink(missing_ok=True)
+    assert _invoke("export", folder, "--size", 48, 48).exit_code == 0
+    case = discover_cases(root / "raw")[0]
+    assert _invoke("predict", case.path, "--model", folder, "--out", tmp_path / "ok", "--runtime", "onnx").exit_code == 0
+    model, config = model_io.load_model(folder)
+    model_io.save_model(folder, {k: v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()}, config)
+    stale = _invoke("predict", case.path, "--model", folder, "--out", tmp_path / "stale", "--runtime", "onnx")
+    assert stale.exit_code == 2 and "not an export of" in stale.output and "tumorseg export" in stale.output
+
+
+class _CornerOfEachSlice(torch.nn.Module):
+    """Tumour wherever there is brain in the first half of a slice's rows and third of its columns: what it marks
+    depends on how the volume is sliced and laid out, as a real 2D model's output does."""
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        corner = torch.zeros_like(x[:, :1], dtype=torch.bool)
+        corner[..., : h // 2, : w // 3] = True
+        tumour = corner & (x[:, :1] > 0.05)
+        return torch.where(tumour, 10.0, -10.0).expand(-1, 3, -1, -1)
+
+
+@pytest.mark.parametrize("codes", [("R", "A", "S"), ("S", "R", "A")])  # dcm2niix's RAS; a volume whose third axis is not axial
+def test_an_input_in_another_orientation_is_predicted_as_the_models_see_it_and_mapped_back(trained, tmp_path, codes):
+    """The same brain stored in another orientation (same world coordinates) gets the same labels, in its own voxel
+    order: the 2D axial models never see sagittal or flipped slices."""
+    from nibabel import orientations
+
+    from tumorseg.prediction import Predictor, case_from_folder, load_case
+
+    root, model_dir, _ = trained
+    case = discover_cases(root / "raw")[0]
+    moved = tmp_path / "moved" / case.path.name
+    moved.mkdir(parents=True)
+    for f in case.path.iterdir():
+        img = nib.load(f)
+        transform = orientations.ornt_transform(orientations.io_orientation(img.affine), orientations.axcodes2ornt(codes))
+        nib.save(img.as_reoriented(transform), moved / f.name)
+    _, config = model_io.load_model(model_dir)
+    predictor = Predictor("corner", [(_CornerOfEachSlice(), config)])
+    channels, reference = load_case(case_from_folder(case.path))
+    moved_channels, moved_reference = load_case(case_from_folder(moved))
+    as_stored = predictor.predict(channels, affine=reference.affine)
+    assert 0 < (as_stored > 0).mean() < 0.5
+    to_stored = orientations.ornt_transform(orientations.io_orientation(moved_reference.affine),
+                                            orientations.io_orientation(reference.affine))
+    mapped = predictor.predict(moved_channels, affine=moved_reference.affine)
+    assert mapped.shape == moved_channels[0].shape
+    assert np.array_equal(orientations.apply_orientation(mapped, to_stored), as_stored)
+    naive = predictor.predict(moved_channels)  # without the affine: sliced as stored, other slices, other labels
+    assert not np.array_equal(orientations.apply_orientation(naive, to_stored), as_stored)
+    # the command writes the labels in the input's orientation, with its affine
+    name = f"{case.case_id}-seg.nii.gz"
+    result = _invoke("predict", moved, "--model", model_dir, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    out = nib.load(tmp_path / "out" / name)
+    assert tuple(nib.aff2axcodes(out.affine)) == codes and np.allclose(out.affine, moved_reference.affine)
+
+
+def test_voxels_far_from_the_trained_size_get_a_warning(trained, caplog):
+    import logging
+
+    from tumorseg.prediction import Predictor, case_from_folder, load_case
+
+    root, model_dir, _ = trained
+    caplog.set_level(logging.WARNING, logger="tumorseg.prediction")
+    _, config = model_io.load_model(model_dir)
+    predictor = Predictor("corner", [(_CornerOfEachSlice(), config)])
+    channels, _ = load_case(case_from_folder(discover_cases(root / "raw")[0].path))
+    predictor.predict(channels, spacing=(1.1, 0.9, 1.0))
+    assert "resample" not in caplog.text
+    predictor.predict(channels, spacing=(0.5, 0.5, 1.0))
+    assert "in-plane voxels of 0.5 x 0.5 x 1 mm" in caplog.text and "resample the sequences to 1 mm" in caplog.text

@@ -28,6 +28,33 @@ def test_no_patient_in_two_subsets_and_fractions():
     assert by_cohort.loc["other_neoplasm"].tolist() == [7, 36, 8]
 
 
+def test_the_timepoints_of_one_patient_share_a_subset():
+    """BraTS-<cohort>-<subject>-<timepoint>: a second scan of a patient in test while the first trains would leak."""
+    table = slice_table(30, 10, 2)
+    again = table[table["case_id"].str.endswith(("1-000", "7-000"))].assign(
+        case_id=lambda t: t["case_id"].str.replace(r"-000$", "-001", regex=True))
+    split = make_split(pd.concat([table, again]), SplitSettings())
+    subset = split.drop_duplicates("case_id").set_index("case_id")["split"]
+    assert len(again["case_id"].unique()) == 8
+    for case in again["case_id"].unique():
+        assert subset[case] == subset[case[:-4] + "-000"]
+
+
+def test_one_case_per_patient_draws_as_over_case_ids():
+    """With one timepoint per patient (BraTS-Africa) the grouping changes nothing: the committed split stands."""
+    import numpy as np
+
+    table = slice_table(30, 10, 2)
+    split = make_split(table, SplitSettings(seed=7)).drop_duplicates("case_id").set_index("case_id")["split"]
+    rng, expected = np.random.default_rng(7), {}
+    for cohort in ("glioma", "other_neoplasm"):  # the draw over sorted case ids, cohort by cohort
+        ids = sorted(table.loc[table["cohort"] == cohort, "case_id"].unique())
+        order, bounds = rng.permutation(len(ids)), np.cumsum([0] + _counts(len(ids), (0.70, 0.15, 0.15)))
+        for subset, lo, hi in zip(("train", "val", "test"), bounds[:-1], bounds[1:]):
+            expected.update({ids[i]: subset for i in order[lo:hi]})
+    assert split.to_dict() == expected
+
+
 def test_seeded_and_seed_sensitive():
     a = make_split(slice_table(), SplitSettings(seed=1))
     b = make_split(slice_table().sample(frac=1, random_state=3), SplitSettings(seed=1))  # input order irrelevant

@@ -113,9 +113,10 @@ def report(params: Path = ParamsOption) -> None:
 def predict(
     inputs: list[Path] = typer.Argument(None, help="Patient folder(s) in BraTS naming (<case>-t1n.nii.gz, ...), "
                                                   "or a folder of patient folders (batch mode)."),
-    model: str = typer.Option("resnet_unet", "--model", "-m", help="A pipeline model name (models/<name>), ensemble (the "
-                              "three pipeline models' probabilities averaged), a model folder or model.safetensors, or an "
-                              "MLflow URI such as models:/tumorseg-resnet_unet@champion."),
+    model: str = typer.Option("champion", "--model", "-m", help="champion (the pipeline model with the best validation "
+                              "lesion-wise Dice, as the report chooses it), a pipeline model name (models/<name>), ensemble "
+                              "(the three pipeline models' probabilities averaged), a model folder or model.safetensors, or "
+                              "an MLflow URI such as models:/tumorseg-resnet_unet@champion."),
     out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Folder for <case>-seg.nii.gz label maps."),
     t1n: Path = typer.Option(None, help="Explicit files instead of a folder: native T1."),
     t1c: Path = typer.Option(None, help="Contrast-enhanced T1."),
@@ -124,8 +125,8 @@ def predict(
     batch_size: int = typer.Option(32, help="Slices per forward pass."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
     tta: str = typer.Option("none", "--tta", help="Mirrorings averaged per slice: none | lr (left-right, as training "
-                            "flips) | all (the four in-plane ones). The infer stage's `infer.tta` gives the reported test "
-                            "metrics; each mirroring costs one more prediction."),
+                            "flips) | all (the four in-plane ones). The infer stage's `infer.tta` (recorded in the model's "
+                            "postprocess.json) gives the reported test metrics; each mirroring costs one more prediction."),
     postprocess: bool = typer.Option(True, "--postprocess/--no-postprocess", help="Apply the post-processing fitted for "
                                      "the model on the validation patients (<model folder>/postprocess.json), as evaluate does."),
     runtime: str = typer.Option("torch", help="torch | onnx (the model folder's model.onnx from `tumorseg export`, run by "

@@ -27,6 +27,13 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 AFFINE_TOLERANCE = 1e-3
 LABEL_SUFFIX = "-seg.nii.gz"
 RUNTIMES = ("torch", "onnx")  # onnx: the folder's model.onnx (tumorseg export) through ONNX Runtime
+# The orientation the models see: BraTS volumes (SRI-24 space) and the embedded default are stored so, and the
+# pipeline trains on them as stored. An input in another orientation (RAS from dcm2niix, a sagittal volume whose
+# third axis is left-right) is turned into it for the 2D axial models and its labels turned back.
+MODEL_ORIENTATION = ("L", "P", "S")
+# BraTS volumes (and the embedded default) have 1 mm isotropic voxels; the 2D models see slices at that scale
+TRAINED_SPACING_MM = 1.0
+SPACING_TOLERANCE = 0.25  # in-plane voxel sizes further than this share from it get a warning
 
 
 class InputError(ValueError):
@@ -37,6 +44,23 @@ class InputError(ValueError):
 class CaseInput:
     case_id: str
     files: dict[str, Path]  # sequence (t1n, t1c, t2w, t2f) -> NIfTI file
+
+
+def _axcodes(affine: np.ndarray) -> tuple[str, ...]:
+    import nibabel as nib
+
+    return tuple(nib.aff2axcodes(affine))
+
+
+def orientation_transforms(affine: np.ndarray):
+    """nibabel orientation transforms (input -> MODEL_ORIENTATION, and back), or None when the input is in it."""
+    from nibabel import orientations
+
+    current = orientations.io_orientation(affine)
+    target = orientations.axcodes2ornt(MODEL_ORIENTATION)
+    if np.array_equal(current, target):
+        return None
+    return orientations.ornt_transform(current, target), orientations.ornt_transform(target, current)
 
 
 def find_volume(folder: Path, kind: str) -> Path | None:
@@ -142,11 +166,31 @@ class Predictor:
     members: list[tuple[object, dict]]  # (model in eval mode, its model.json), one per ensemble member
     rules: PostprocessRules = field(default_factory=PostprocessRules)
     rules_source: str | None = None  # the postprocess.json applied, or None
+    # the mirrorings (none | lr | all) whose averaged probabilities the applied rules were fitted on, or None
+    rules_tta: str | None = None
 
     def predict(self, channels: list[np.ndarray], spacing=(1.0, 1.0, 1.0), batch_size: int = 32, device="cpu",
-                amp_dtype=None, tta: str = "none") -> np.ndarray:
+                amp_dtype=None, tta: str = "none", affine: np.ndarray | None = None) -> np.ndarray:
         """(X, Y, Z) BraTS labels for one patient, preprocessed as each model's training data was, the
-        members' probabilities averaged as the ensemble stage does, then post-processed."""
+        members' probabilities averaged as the ensemble stage does, then post-processed. With the input's
+        ``affine``, an input in another orientation than MODEL_ORIENTATION is predicted in that one and mapped back."""
+        transforms = orientation_transforms(affine) if affine is not None else None
+        if transforms is not None:
+            from nibabel.orientations import apply_orientation
+
+            to_model, back = transforms
+            model_spacing = [0.0, 0.0, 0.0]
+            for axis, target in enumerate(to_model[:, 0].astype(int)):
+                model_spacing[target] = float(spacing[axis])
+            log.info("%s: input orientation %s, predicted in %s (the orientation the models were trained in) and mapped "
+                     "back", self.name, "".join(_axcodes(affine)), "".join(MODEL_ORIENTATION))
+            labels = self.predict([np.ascontiguousarray(apply_orientation(c, to_model)) for c in channels],
+                                  tuple(model_spacing), batch_size, device, amp_dtype, tta)
+            return np.ascontiguousarray(apply_orientation(labels, back))
+        if any(abs(float(z) / TRAINED_SPACING_MM - 1) > SPACING_TOLERANCE for z in spacing[:2]):
+            log.warning("%s: in-plane voxels of %s mm; the models were trained on BraTS's %g mm isotropic voxels and see a "
+                        "tumour at that scale: resample the sequences to %g mm first (as the BraTS preprocessing does)",
+                        self.name, " x ".join(f"{float(z):g}" for z in spacing), TRAINED_SPACING_MM, TRAINED_SPACING_MM)
         from tumorseg.config import from_mapping
         from tumorseg.data.preprocess import PreprocessSettings, preprocess_case
         from tumorseg.evaluation.inference import predict_probabilities
@@ -200,14 +244,24 @@ def label_map_bytes(labels: np.ndarray, reference) -> bytes:
 
 
 def load_predictor(ref: str, models_dir: Path, device="cpu", postprocess: bool = True, runtime: str = "torch") -> Predictor:
-    """A pipeline name (models/<name>), ``ensemble`` (the three pipeline models), a model folder or
-    model.safetensors path, or an MLflow URI (models:/tumorseg-resnet_unet@champion, runs:/<id>/model).
+    """``champion`` (the pipeline model chosen on validation, as the report chooses it), a pipeline name
+    (models/<name>), ``ensemble`` (the three pipeline models), a model folder or model.safetensors path, or an
+    MLflow URI (models:/tumorseg-resnet_unet@champion, runs:/<id>/model).
     With ``postprocess``, the rules fitted for it on validation (its folder's postprocess.json) are applied;
     a model without them is used as the network gives it, and the log says so."""
+    from tumorseg.evaluation.champion import CHAMPION, champion
     from tumorseg.evaluation.ensemble import ENSEMBLE
-    from tumorseg.evaluation.postprocess import POSTPROCESS_FILE
+    from tumorseg.evaluation.postprocess import POSTPROCESS_FILE, read_fitted_tta
     from tumorseg.models import MODEL_NAMES
 
+    if ref == CHAMPION:
+        from tumorseg import paths
+        from tumorseg.evaluation.champion import pipeline_models
+
+        try:
+            ref = champion(models_dir, pipeline_models(paths.PARAMS))
+        except (FileNotFoundError, ValueError) as exc:
+            raise InputError(f"--model champion: {exc}") from None
     if runtime not in RUNTIMES:
         raise InputError(f"--runtime {runtime}: expected one of {', '.join(RUNTIMES)}")
     if ref.startswith(("models:/", "runs:/")):
@@ -233,6 +287,7 @@ def load_predictor(ref: str, models_dir: Path, device="cpu", postprocess: bool =
         from tumorseg.evaluation.postprocess import read_rules
 
         predictor.rules, predictor.rules_source = read_rules(rules_path), str(rules_path)
+        predictor.rules_tta = read_fitted_tta(rules_path)
         log.info("%s: post-processing from %s: %s", ref, rules_path, predictor.rules)
     elif postprocess:
         log.warning("%s: no %s (run `dvc repro postprocess@%s`); predicting without post-processing", ref, rules_path, ref)
@@ -247,12 +302,15 @@ def _load_folder(path: Path, ref: str, runtime: str = "torch"):
         hint = " (run `dvc repro` to train it)" if ref in MODEL_NAMES or ref == "ensemble" else ""
         raise InputError(f"{path}: no trained model here (model.json and model.safetensors expected){hint}")
     if runtime == "onnx":
-        from tumorseg.models.export import ONNX_FILE, load_onnx
+        from tumorseg.models.export import ONNX_FILE, ExportError, load_onnx
 
         if not (path / ONNX_FILE).is_file():
             raise InputError(f"{path / ONNX_FILE}: not exported yet; run `tumorseg export {ref if ref in MODEL_NAMES else path} "
                              f"--format onnx` first")
-        return load_onnx(path)
+        try:
+            return load_onnx(path)
+        except ExportError as exc:
+            raise InputError(str(exc)) from None
     return load_model(path)
 
 
@@ -290,6 +348,28 @@ def output_path(out_dir: Path, case_id: str) -> Path:
     return Path(out_dir) / f"{case_id}{LABEL_SUFFIX}"
 
 
+def check_unique_case_ids(cases: list[CaseInput]) -> None:
+    """Two inputs with one case id would write one output file, the second silently replacing the first."""
+    seen: dict[str, CaseInput] = {}
+    for case in cases:
+        key = case.case_id or "prediction"
+        if key in seen:
+            first, second = (next(iter(c.files.values())).parent for c in (seen[key], case))
+            raise InputError(f"{first} and {second}: both are case {key}, and both would be written to "
+                             f"{key}{LABEL_SUFFIX}; predict them into different --out folders")
+        seen[key] = case
+
+
+def note_tta(tta: str, predictor: Predictor) -> None:
+    """Say when the mirrorings differ from those the applied post-processing was fitted on: its confidence rule holds
+    for those probabilities, and they are what the reported metrics measured (the default, none, is faster)."""
+    fitted = predictor.rules_tta if predictor.rules_source else None
+    if fitted and tta != fitted:
+        log.info("%s: --tta %s; its post-processing (%s) was fitted on probabilities averaged over --tta %s, which "
+                 "gives what the reported metrics measured (each mirroring costs one more prediction)", predictor.name,
+                 tta, predictor.rules_source, fitted)
+
+
 def run_predict(cases: list[CaseInput], model_ref: str, out_dir: Path, models_dir: Path, batch_size: int = 32,
                 device: str = "auto", progress: bool = True, tta: str = "none",
                 postprocess: bool = True, runtime: str = "torch") -> list[tuple[CaseInput, Path | None, str | None]]:
@@ -299,15 +379,17 @@ def run_predict(cases: list[CaseInput], model_ref: str, out_dir: Path, models_di
 
     from tumorseg.models.runtime import pick_amp_dtype, pick_device
 
+    check_unique_case_ids(cases)
     dev = pick_device(device)
     predictor = load_predictor(model_ref, models_dir, dev, postprocess, runtime)
+    note_tta(tta, predictor)
     amp = pick_amp_dtype("auto", dev)
     results = []
     for case in tqdm(cases, desc="predict", unit="patient", disable=not progress or len(cases) < 2):
         try:
             channels, reference = load_case(case)
             spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])
-            labels = predictor.predict(channels, spacing, batch_size, dev, amp, tta)
+            labels = predictor.predict(channels, spacing, batch_size, dev, amp, tta, affine=reference.affine)
         except InputError as exc:
             log.error("%s", exc)
             results.append((case, None, str(exc)))

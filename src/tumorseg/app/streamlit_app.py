@@ -46,7 +46,8 @@ def segment(case, mask_path, model_ref: str, tta: bool) -> dict:
     spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])
     predictor = cached_model(model_ref)
     device, amp_dtype = device_and_precision()
-    labels = predictor.predict(channels, spacing, device=device, amp_dtype=amp_dtype, tta="all" if tta else "none")
+    labels = predictor.predict(channels, spacing, device=device, amp_dtype=amp_dtype, tta="all" if tta else "none",
+                               affine=reference.affine)
     return {"case_id": case.case_id, "channels": channels, "labels": labels, "mask": mask, "model": model_ref,
             "postprocess": predictor.rules_source, "spacing": spacing, "tta": tta, "device": str(device),
             "download": label_map_bytes(labels, reference)}
@@ -79,7 +80,9 @@ def sidebar() -> tuple[str | None, object | None, Path | None, bool]:
     if not models:
         st.sidebar.error(f"No trained model in {MODELS_DIR}/: run `dvc repro` first")
         return None, case, mask, False
-    model = st.sidebar.selectbox("Model", models, index=models.index("resnet_unet") if "resnet_unet" in models else 0, key="model")
+    best = support.champion_or_none(MODELS_DIR, models)
+    model = st.sidebar.selectbox("Model", models, index=models.index(best) if best else 0, key="model",
+                                 format_func=lambda m: f"{m} (champion: best on validation)" if m == best else m)
     tta = st.sidebar.checkbox("Test-time augmentation", value=True, key="tta",
                               help="Average the four in-plane mirrorings, as the pipeline's evaluation does (4x the time)")
     st.sidebar.caption(f"Runs on {device_and_precision()[0]}")

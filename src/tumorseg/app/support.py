@@ -36,6 +36,19 @@ def sample_cases() -> dict[str, Path]:
     return {p.name: p for p in sorted(SAMPLE_DIR.iterdir()) if p.is_dir()}
 
 
+def champion_or_none(models_dir: Path, models: list[str]) -> str | None:
+    """The champion (chosen on validation, as the report and `tumorseg predict` choose it) when it is among
+    ``models`` and its validation figures exist; None otherwise (the page then offers the first model, unmarked)."""
+    from tumorseg import paths
+    from tumorseg.evaluation.champion import champion, pipeline_models
+
+    try:
+        best = champion(models_dir, pipeline_models(paths.PARAMS))
+    except (FileNotFoundError, ValueError):
+        return None
+    return best if best in models else None
+
+
 def mask_file(folder: Path) -> Path | None:
     return find_volume(folder, MASK)
 

@@ -8,7 +8,6 @@ validates against is ``tumorseg.data.labels``.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 from isal import igzip
 
+from tumorseg.data.ids import CASE_ID_RE
 from tumorseg.data.labels import LABELS, LEGACY_ET_LABEL, SEQUENCES
 from tumorseg.fileio import sha256_file
 
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 MASK = "seg"
 FILE_KINDS: tuple[str, ...] = SEQUENCES + (MASK,)  # one file per sequence, then the expert mask
 
-CASE_ID_RE = re.compile(r"^BraTS-[A-Za-z]+-\d{5}-\d{3}$")
 COHORT_DIRS = {"Glioma": "glioma", "OtherNeoplasms": "other_neoplasm"}
 COHORT_FOLDER = {"glioma": "95_Glioma", "other_neoplasm": "51_OtherNeoplasms"}
 

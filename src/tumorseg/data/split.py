@@ -2,7 +2,8 @@
 
 The original project split its 10,692 slices at random, so neighbouring slices of one patient
 sat in train and test and its test Dice measured memorisation. Here every patient is in exactly
-one subset, chosen with a seeded shuffle stratified by cohort (glioma / other neoplasm).
+one subset (all of a patient's timepoints with it), chosen with a seeded shuffle stratified by cohort (glioma /
+other neoplasm).
 ``level: slice`` reproduces the leaky protocol for comparison only, and says so loudly.
 """
 
@@ -17,6 +18,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from tumorseg.data.ids import subject_id
 from tumorseg.data.slices import read_slice_index
 from tumorseg import paths
 from tumorseg.config import Checked, SettingError, from_mapping, in_range, read_params
@@ -62,18 +64,22 @@ def _counts(n: int, fractions: tuple[float, float, float]) -> list[int]:
 
 
 def assign_patients(cases: pd.DataFrame, settings: SplitSettings) -> dict[str, str]:
-    """case_id -> subset, seeded and stratified by cohort."""
+    """case_id -> subset, seeded and stratified by cohort. Patients are drawn, not cases: the timepoints of one
+    patient (``subject_id``) share a subset; a patient's cohort is its first case's. With one case per patient
+    (BraTS-Africa) this is the draw over case ids exactly."""
     rng = np.random.default_rng(settings.seed)
-    groups = cases.groupby("cohort", sort=True) if settings.stratify else [("all", cases)]
-    out: dict[str, str] = {}
+    cases = cases.assign(subject=cases["case_id"].map(subject_id)).sort_values("case_id")
+    subjects = cases.drop_duplicates("subject")
+    groups = subjects.groupby("cohort", sort=True) if settings.stratify else [("all", subjects)]
+    chosen: dict[str, str] = {}
     for _, group in groups:
-        ids = sorted(group["case_id"])
+        ids = sorted(group["subject"])
         order = rng.permutation(len(ids))
         bounds = np.cumsum([0] + _counts(len(ids), settings.fractions))
         for subset, lo, hi in zip(SUBSETS, bounds[:-1], bounds[1:]):
             for i in order[lo:hi]:
-                out[ids[i]] = subset
-    return out
+                chosen[ids[i]] = subset
+    return {case: chosen[subject] for case, subject in zip(cases["case_id"], cases["subject"])}
 
 
 def make_split(slices: pd.DataFrame, settings: SplitSettings) -> pd.DataFrame:

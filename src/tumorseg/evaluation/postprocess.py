@@ -14,7 +14,7 @@ What BraTS winners do after the network, as explicit, fitted rules:
 * a patient whose whole predicted ET is smaller than a volume gets it relabelled as necrotic core
   (patients without enhancing tumour are common, and one false ET voxel there scores ET Dice 0);
 * with ``keep_one_tumour`` (the default) the WT rules never empty a patient whose network predicted tumour:
-  its most confident WT component (the largest without probabilities) is kept. Every BraTS-Africa case has a
+  its WT component of most tumour probability (summed over its voxels; the largest without probabilities) is kept. Every BraTS-Africa case has a
   tumour, so a rule that deletes a patient's only tumour trades one whole patient (Dice 0) for nothing; a size or
   confidence level fitted on a dozen validation patients does not see that case often enough to avoid it.
 
@@ -108,7 +108,8 @@ class PostprocessRules:
 
 
 def restore_one_tumour(before: np.ndarray, after: np.ndarray, wt_probability: np.ndarray | None) -> np.ndarray:
-    """``after`` with ``before``'s most confident WT component (largest when ``wt_probability`` is None) put back
+    """``after`` with ``before``'s WT component of most tumour probability (its voxels' probabilities summed: a
+    confident tumour, never a confident one-voxel speck; the largest when ``wt_probability`` is None) put back
     when the WT rules removed every WT component ``before`` had."""
     wt_before = region_mask(before, "WT")
     if not wt_before.any() or region_mask(after, "WT").any():
@@ -118,7 +119,7 @@ def restore_one_tumour(before: np.ndarray, after: np.ndarray, wt_probability: np
     if wt_probability is None:
         keep = int(np.argmax(sizes)) + 1
     else:
-        keep = int(np.argmax(_per_component(components, n, wt_probability) / sizes)) + 1
+        keep = int(np.argmax(_per_component(components, n, wt_probability))) + 1
     out = after.copy()
     inside = components == keep
     out[inside] = before[inside]
@@ -250,12 +251,13 @@ def _with(rules: PostprocessRules, region: str, kind: str, threshold: float) -> 
 
 
 def write_rules(path: Path, rules: PostprocessRules, enabled: bool, steps: list[dict], validation: dict,
-                patient_tolerance: float = 0.0) -> None:
-    """``patient_tolerance`` is recorded because the steps' ``patients_worse`` counts losses beyond it."""
+                patient_tolerance: float = 0.0, tta: str | list[str] | None = None) -> None:
+    """``patient_tolerance`` is recorded because the steps' ``patients_worse`` counts losses beyond it; ``tta``
+    (the mirrorings averaged into the probabilities fitted on) because a rule on probabilities holds for those."""
     from tumorseg.fileio import atomic_file
 
     doc = {"enabled": enabled, "rules": asdict(rules), "fitted_on": "validation patients", "steps": steps,
-           "validation": validation, "patient_tolerance": patient_tolerance}
+           "validation": validation, "patient_tolerance": patient_tolerance, "tta": tta}
     with atomic_file(Path(path)) as tmp:
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
@@ -277,6 +279,22 @@ def read_rules(path: Path) -> PostprocessRules:
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: not a tumorseg post-processing file ({type(exc).__name__}: {exc}); rerun "
                          f"`dvc repro postprocess@<model>`") from None
+
+
+def read_fitted_tta(path: Path) -> str | None:
+    """The mirrorings (none | lr | all) of the probabilities a postprocess.json was fitted on; None when it does
+    not say (written before it recorded them) or its ensemble members differed."""
+    tta = json.loads(Path(path).read_text()).get("tta")
+    return tta if isinstance(tta, str) else None
+
+
+def fitted_tta(index: dict) -> str | list[str] | None:
+    """The mirrorings of an inference index: a model's string; for the ensemble its members' one value when they agree,
+    else their list (kept as a record; predict then has no single setting to default to)."""
+    tta = index.get("tta")
+    if isinstance(tta, list) and len(set(tta)) == 1:
+        return tta[0]
+    return tta
 
 
 def any_probability(settings: PostprocessSettings) -> bool:
@@ -303,7 +321,7 @@ def fit_postprocess(name: str, predictions_dir: Path, split_path: Path, manifest
     rules, steps = fit_rules(val, settings)
     scored = score_patients(preds, cases, truths, {"raw": None, "post": rules.apply})
     validation = {"n_patients": len(cases), "postprocessed": summarise(*scored["post"]), "raw": summarise(*scored["raw"])}
-    write_rules(out_path, rules, settings.enabled, steps, validation, settings.patient_tolerance)
+    write_rules(out_path, rules, settings.enabled, steps, validation, settings.patient_tolerance, fitted_tta(preds.index))
     post, raw = validation["postprocessed"], validation["raw"]
     log.info("%s post-processing fitted on %d validation patients: components >= %s mm3, WT components with >= %g mm3 of core, "
              "of mean probability >= %s, ET volume >= %g mm3; lesion-wise Dice WT %.3f -> %.3f, TC %.3f -> %.3f, ET %.3f -> %.3f", name,

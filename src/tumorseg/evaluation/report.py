@@ -24,9 +24,9 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from tumorseg.data.slices import SliceStore, image_file, read_case_index  # noqa: E402
 from tumorseg.data.split import read_split  # noqa: E402
+from tumorseg.evaluation.champion import champion as choose_champion, read_validation  # noqa: E402
 from tumorseg.evaluation.ensemble import ENSEMBLE  # noqa: E402
 from tumorseg.evaluation.evaluate import EXAMPLES_FILE, EXAMPLES_INDEX, PER_PATIENT_FILE, RAW_KEY, test_cases  # noqa: E402
-from tumorseg.evaluation.postprocess import POSTPROCESS_FILE  # noqa: E402
 from tumorseg.evaluation.predictions import to_volume  # noqa: E402
 from tumorseg.data.labels import LABEL_NAMES  # noqa: E402
 from tumorseg.evaluation.metrics import volume_metrics  # noqa: E402
@@ -176,14 +176,6 @@ def validation_table(validation: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def read_validation(models_dir: Path, name: str) -> dict:
-    """The post-processed validation figures ``postprocess@<name>`` recorded."""
-    path = Path(models_dir) / name / POSTPROCESS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run `dvc repro postprocess@{name}`")
-    return json.loads(path.read_text())["validation"]["postprocessed"]
-
-
 def training_curves_figure(histories: dict[str, pd.DataFrame]):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, h in histories.items():
@@ -237,7 +229,7 @@ def run_report(models: list[str], metrics_dir: Path, models_dir: Path, evaluatio
     split = read_split(split_path)
     baseline = flair_threshold_baseline(store_dir, split)
     # The champion is chosen on the validation patients (never on test): best post-processed lesion-wise mean Dice.
-    best = max(models, key=lambda m: (validation[m]["lesion_dice_mean"], validation[m]["dice_mean"]))
+    best = choose_champion(models_dir, models)
     from tumorseg.models import MODEL_NAMES
 
     champion = set_champion(mlflow_settings, best, sha256_file(Path(models_dir) / best / WEIGHTS_FILE),

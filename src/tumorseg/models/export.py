@@ -18,13 +18,14 @@ import numpy as np
 import torch
 
 from tumorseg.data.context import input_channels
-from tumorseg.fileio import atomic_file
-from tumorseg.models.io import CONFIG_FILE, context_slices, load_model
+from tumorseg.fileio import atomic_file, sha256_file
+from tumorseg.models.io import CONFIG_FILE, WEIGHTS_FILE, context_slices, load_model
 
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 CONFIG_KEY = "tumorseg.model_json"
+WEIGHTS_KEY = "tumorseg.weights_sha256"  # the model.safetensors exported: a retrained folder's old .onnx is refused
 FIXED_SIZE_MODELS = ("transunet",)  # spatial size fixed at export (position embeddings resampled per grid)
 TOLERANCE = 1e-3  # max |logit difference| ONNX Runtime vs PyTorch accepted at export (measured ~1e-5 to 4e-5)
 
@@ -57,7 +58,8 @@ def export_onnx(model_dir: Path, out_path: Path | None = None, size: tuple[int, 
         except Exception as exc:
             raise ExportError(f"{model_dir}: ONNX export failed ({type(exc).__name__}: {exc})") from None
         proto = program.model_proto
-        meta = {CONFIG_KEY: json.dumps(config, sort_keys=True), "tumorseg.input_size": json.dumps(None if not fixed else list(size))}
+        meta = {CONFIG_KEY: json.dumps(config, sort_keys=True), "tumorseg.input_size": json.dumps(None if not fixed else list(size)),
+                WEIGHTS_KEY: sha256_file(model_dir / WEIGHTS_FILE)}
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -95,6 +97,7 @@ class OnnxModel:
         self.session = ort.InferenceSession(str(self.path), options, providers=providers or ["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         self.config = json.loads(meta[CONFIG_KEY]) if CONFIG_KEY in meta else {}
+        self.weights_sha256 = meta.get(WEIGHTS_KEY)
         size = json.loads(meta.get("tumorseg.input_size", "null"))
         self.fixed_size = tuple(size) if size else None
         self.training = False
@@ -114,7 +117,14 @@ class OnnxModel:
 
 
 def load_onnx(folder: Path) -> tuple[OnnxModel, dict]:
-    """The exported model of a model folder and its model.json (from the .onnx metadata, else the folder's)."""
+    """The exported model of a model folder and its model.json (from the .onnx metadata, else the folder's).
+    Beside a model.safetensors the export must be of those weights: model.onnx is not a pipeline output, so a
+    retraining leaves the old graph behind, and the folder's postprocess.json would be applied to another network."""
     model = OnnxModel(Path(folder) / ONNX_FILE)
+    weights = Path(folder) / WEIGHTS_FILE
+    if weights.is_file() and model.weights_sha256 != sha256_file(weights):
+        why = "its weights have changed since (retrained?)" if model.weights_sha256 else "it does not record which weights it holds"
+        raise ExportError(f"{model.path}: not an export of {weights}: {why}; run `tumorseg export {Path(folder)} --format onnx` "
+                          f"again")
     config = model.config or json.loads((Path(folder) / CONFIG_FILE).read_text())
     return model, config
