@@ -222,6 +222,12 @@ def test_ensemble_averages_the_three_models(trained, tmp_path, monkeypatch):
     shutil.rmtree(models / "transunet")
     missing = _invoke("predict", case.path, "--model", "ensemble", "--out", tmp_path / "none")
     assert missing.exit_code == 2 and "transunet" in missing.output and "no trained model here" in missing.output
+    # a params.yaml that trains two models: the ensemble stage averaged those two, and so does predict
+    params = tmp_path / "params.yaml"
+    params.write_text("models:\n  unet: {lr: 0.001, batch_size: 8}\n  resnet_unet: {lr: 0.001, batch_size: 8}\n")
+    monkeypatch.setattr("tumorseg.paths.PARAMS", params)
+    two = _invoke("predict", case.path, "--model", "ensemble", "--out", tmp_path / "two", "--no-postprocess")
+    assert two.exit_code == 0, two.output
 
 
 def test_predict_with_onnx_runtime_matches_pytorch(trained, tmp_path):
@@ -373,3 +379,21 @@ def test_voxels_far_from_the_trained_size_get_a_warning(trained, caplog):
     assert "resample" not in caplog.text
     predictor.predict(channels, spacing=(0.5, 0.5, 1.0))
     assert "in-plane voxels of 0.5 x 0.5 x 1 mm" in caplog.text and "resample the sequences to 1 mm" in caplog.text
+
+
+def test_volumes_are_turned_into_the_models_orientation_with_their_voxel_sizes():
+    """What the models and the app's viewer see: an SRA volume with 1 x 2 x 3 mm LPS voxels comes back as the LPS
+    array with 1 x 2 x 3 mm voxels."""
+    from nibabel import orientations
+
+    from tumorseg.prediction import to_model_orientation
+
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    lps = nib.Nifti1Image(data, np.diag([-1.0, -2.0, 3.0, 1.0]))
+    sra = lps.as_reoriented(orientations.ornt_transform(orientations.io_orientation(lps.affine),
+                                                        orientations.axcodes2ornt(("S", "R", "A"))))
+    assert sra.shape == (6, 4, 5)
+    (volume,), spacing = to_model_orientation([np.asanyarray(sra.dataobj)], sra.header.get_zooms(), sra.affine)
+    assert np.array_equal(volume, data) and spacing == (1.0, 2.0, 3.0)
+    (same,), same_spacing = to_model_orientation([data], (1.0, 2.0, 3.0), lps.affine)
+    assert same is data and same_spacing == (1.0, 2.0, 3.0)

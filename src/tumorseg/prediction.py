@@ -63,6 +63,21 @@ def orientation_transforms(affine: np.ndarray):
     return orientations.ornt_transform(current, target), orientations.ornt_transform(target, current)
 
 
+def to_model_orientation(volumes: list[np.ndarray], spacing, affine: np.ndarray) -> tuple[list[np.ndarray], tuple]:
+    """``volumes`` (each on ``affine``'s voxel grid) and their voxel sizes turned into MODEL_ORIENTATION (as they
+    are when already in it): what the models see, and what a viewer should show as axial slices."""
+    from nibabel.orientations import apply_orientation
+
+    transforms = orientation_transforms(affine)
+    if transforms is None:
+        return list(volumes), tuple(float(z) for z in spacing)
+    to_model = transforms[0]
+    model_spacing = [0.0, 0.0, 0.0]
+    for axis, target in enumerate(to_model[:, 0].astype(int)):
+        model_spacing[target] = float(spacing[axis])
+    return [np.ascontiguousarray(apply_orientation(v, to_model)) for v in volumes], tuple(model_spacing)
+
+
 def find_volume(folder: Path, kind: str) -> Path | None:
     """The <case>-<kind>.nii(.gz) file in ``folder`` (kind: a sequence, or seg for the mask), or None."""
     folder = Path(folder)
@@ -178,15 +193,11 @@ class Predictor:
         if transforms is not None:
             from nibabel.orientations import apply_orientation
 
-            to_model, back = transforms
-            model_spacing = [0.0, 0.0, 0.0]
-            for axis, target in enumerate(to_model[:, 0].astype(int)):
-                model_spacing[target] = float(spacing[axis])
             log.info("%s: input orientation %s, predicted in %s (the orientation the models were trained in) and mapped "
                      "back", self.name, "".join(_axcodes(affine)), "".join(MODEL_ORIENTATION))
-            labels = self.predict([np.ascontiguousarray(apply_orientation(c, to_model)) for c in channels],
-                                  tuple(model_spacing), batch_size, device, amp_dtype, tta)
-            return np.ascontiguousarray(apply_orientation(labels, back))
+            model_channels, model_spacing = to_model_orientation(channels, spacing, affine)
+            labels = self.predict(model_channels, model_spacing, batch_size, device, amp_dtype, tta)
+            return np.ascontiguousarray(apply_orientation(labels, transforms[1]))
         if any(abs(float(z) / TRAINED_SPACING_MM - 1) > SPACING_TOLERANCE for z in spacing[:2]):
             log.warning("%s: in-plane voxels of %s mm; the models were trained on BraTS's %g mm isotropic voxels and see a "
                         "tumour at that scale: resample the sequences to %g mm first (as the BraTS preprocessing does)",
@@ -249,15 +260,13 @@ def load_predictor(ref: str, models_dir: Path, device="cpu", postprocess: bool =
     MLflow URI (models:/tumorseg-resnet_unet@champion, runs:/<id>/model).
     With ``postprocess``, the rules fitted for it on validation (its folder's postprocess.json) are applied;
     a model without them is used as the network gives it, and the log says so."""
-    from tumorseg.evaluation.champion import CHAMPION, champion
+    from tumorseg import paths
+    from tumorseg.evaluation.champion import CHAMPION, champion, pipeline_models
     from tumorseg.evaluation.ensemble import ENSEMBLE
     from tumorseg.evaluation.postprocess import POSTPROCESS_FILE, read_fitted_tta
     from tumorseg.models import MODEL_NAMES
 
     if ref == CHAMPION:
-        from tumorseg import paths
-        from tumorseg.evaluation.champion import pipeline_models
-
         try:
             ref = champion(models_dir, pipeline_models(paths.PARAMS))
         except (FileNotFoundError, ValueError) as exc:
@@ -273,8 +282,8 @@ def load_predictor(ref: str, models_dir: Path, device="cpu", postprocess: bool =
             log.warning("%s: an MLflow model carries no fitted post-processing; predicting without it (pass the pipeline "
                         "model name, e.g. --model unet, to apply models/unet/postprocess.json)", ref)
         return predictor
-    if ref == ENSEMBLE:
-        members = [_load_folder(Path(models_dir) / m, m, runtime) for m in MODEL_NAMES]
+    if ref == ENSEMBLE:  # the models the ensemble stage averaged: params.yaml's (the three when there is none)
+        members = [_load_folder(Path(models_dir) / m, m, runtime) for m in pipeline_models(paths.PARAMS)]
         folder = Path(models_dir) / ENSEMBLE
     else:
         folder = Path(models_dir) / ref if ref in MODEL_NAMES else Path(ref)

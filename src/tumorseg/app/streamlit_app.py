@@ -14,7 +14,8 @@ import streamlit as st
 from tumorseg.app import support
 from tumorseg.data.labels import LABEL_NAMES, REGION_NAMES, SEQUENCES
 from tumorseg.models import MODEL_NAMES
-from tumorseg.prediction import InputError, case_from_folder, label_map_bytes, load_case, load_predictor
+from tumorseg.prediction import (InputError, case_from_folder, label_map_bytes, load_case, load_predictor,
+                                 to_model_orientation)
 
 MODELS_DIR = Path(os.environ.get("TUMORSEG_MODELS_DIR", "models"))
 SEQUENCE_NAMES = {"t1n": "T1 (native)", "t1c": "T1 + contrast", "t2w": "T2", "t2f": "T2-FLAIR"}
@@ -48,9 +49,13 @@ def segment(case, mask_path, model_ref: str, tta: bool) -> dict:
     device, amp_dtype = device_and_precision()
     labels = predictor.predict(channels, spacing, device=device, amp_dtype=amp_dtype, tta="all" if tta else "none",
                                affine=reference.affine)
-    return {"case_id": case.case_id, "channels": channels, "labels": labels, "mask": mask, "model": model_ref,
-            "postprocess": predictor.rules_source, "spacing": spacing, "tta": tta, "device": str(device),
-            "download": label_map_bytes(labels, reference)}
+    # shown as the models see it, so the slider walks axial slices whatever the upload's orientation; the download
+    # keeps the upload's own voxel grid
+    shown, shown_spacing = to_model_orientation([*channels, labels] + ([mask] if mask is not None else []), spacing,
+                                                reference.affine)
+    return {"case_id": case.case_id, "channels": shown[:len(channels)], "labels": shown[len(channels)],
+            "mask": shown[-1] if mask is not None else None, "model": model_ref, "postprocess": predictor.rules_source,
+            "spacing": shown_spacing, "tta": tta, "device": str(device), "download": label_map_bytes(labels, reference)}
 
 
 def sidebar() -> tuple[str | None, object | None, Path | None, bool]:
