@@ -46,12 +46,6 @@ class CaseInput:
     files: dict[str, Path]  # sequence (t1n, t1c, t2w, t2f) -> NIfTI file
 
 
-def _axcodes(affine: np.ndarray) -> tuple[str, ...]:
-    import nibabel as nib
-
-    return tuple(nib.aff2axcodes(affine))
-
-
 def orientation_transforms(affine: np.ndarray):
     """nibabel orientation transforms (input -> MODEL_ORIENTATION, and back), or None when the input is in it."""
     from nibabel import orientations
@@ -191,10 +185,10 @@ class Predictor:
         ``affine``, an input in another orientation than MODEL_ORIENTATION is predicted in that one and mapped back."""
         transforms = orientation_transforms(affine) if affine is not None else None
         if transforms is not None:
-            from nibabel.orientations import apply_orientation
+            from nibabel.orientations import aff2axcodes, apply_orientation
 
             log.info("%s: input orientation %s, predicted in %s (the orientation the models were trained in) and mapped "
-                     "back", self.name, "".join(_axcodes(affine)), "".join(MODEL_ORIENTATION))
+                     "back", self.name, "".join(aff2axcodes(affine)), "".join(MODEL_ORIENTATION))
             model_channels, model_spacing = to_model_orientation(channels, spacing, affine)
             labels = self.predict(model_channels, model_spacing, batch_size, device, amp_dtype, tta)
             return np.ascontiguousarray(apply_orientation(labels, transforms[1]))

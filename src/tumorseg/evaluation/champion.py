@@ -55,8 +55,6 @@ def champion(models_dir: Path, candidates: list[str] | None = None) -> str:
     from tumorseg.models import MODEL_NAMES
 
     candidates = list(MODEL_NAMES if candidates is None else candidates)
-    if not candidates:
-        raise ValueError("no candidate models to choose a champion from")
     missing = [str(Path(models_dir) / m / POSTPROCESS_FILE) for m in candidates
                if not (Path(models_dir) / m / POSTPROCESS_FILE).is_file()]
     if missing:
