@@ -160,6 +160,27 @@ def test_a_threshold_that_costs_any_validation_patient_legacy_dice_is_refused():
     assert rules.min_component_mm3["WT"] == 50  # ...but it costs patient A, so 50 is chosen
 
 
+def test_a_wt_rule_is_also_judged_on_the_core_and_enhancing_tumour_it_removes():
+    """Patient A has a second, 8-voxel lesion of pure enhancing tumour beside a large edema-filled tumour; patient B a
+    false 8-voxel edema speck. Dropping WT components under 10 mm3 costs A's WT Dice 0.001 (within the tolerance) but
+    half its ET and a third of its TC: the WT rule is refused, although judged on WT alone it would pass."""
+    shape = (40, 30, 30)
+    main = np.zeros(shape, dtype=np.uint8)
+    main[2:18, 2:18, 2:18] = 2
+    main[8:10, 8:10, 8:10] = 1
+    main[10:12, 8:10, 8:10] = 3
+    truth_a = main.copy()
+    truth_a[30:32, 24:26, 24:26] = 3
+    pred_b = main.copy()
+    pred_b[34:36, 4:6, 4:6] = 2
+    cases = [(truth_a.copy(), truth_a, (1.0, 1.0, 1.0), None), (pred_b, main, (1.0, 1.0, 1.0), None)]
+    rules, steps = fit_rules(cases, PostprocessSettings(component_mm3=(0, 10), et_volume_mm3=(0,), patient_tolerance=0.005))
+    ten = steps[0]["candidates"][1]
+    assert ten["lesion_dice"] > steps[0]["candidates"][0]["lesion_dice"]  # on WT, 10 mm3 looks better...
+    assert ten["patients_worse_by_region"] == {"WT": 0, "TC": 1, "ET": 1} and ten["patients_worse"] == 1
+    assert rules.min_component_mm3["WT"] == 0  # ...but it takes A's enhancing lesion with it
+
+
 def test_patient_tolerance_lets_a_grazing_speck_go():
     """Patient A's prediction holds a one-voxel island of true tumour (legacy Dice 1 -> 0.99902 without it); patient B
     has two false 5-voxel specks. With no tolerance, or one below A's loss (0.00098), A vetoes the 10 mm3 rule for

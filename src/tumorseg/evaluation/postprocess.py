@@ -20,8 +20,9 @@ What BraTS winners do after the network, as explicit, fitted rules:
 
 ``postprocess@<model>`` fits the thresholds on the validation patients (greedily, WT then TC then
 ET, size then core then confidence, each step keeping the candidate with the best mean lesion-wise Dice of its region among those
-under which no validation patient's legacy Dice of that region falls by more than ``patient_tolerance``, against the
-rules chosen before that step; ties go to the smaller threshold) and writes them,
+under which no validation patient's legacy Dice of *any* region falls by more than ``patient_tolerance``, against the
+rules chosen before that step: a dropped WT component takes its core and enhancing voxels with it, so a WT rule is
+also judged on TC and ET; ties go to the smaller threshold) and writes them,
 with the validation figures behind each choice, to ``models/<model>/postprocess.json``; evaluate,
 ``tumorseg predict`` and the app apply them. The test patients play no part.
 """
@@ -194,15 +195,19 @@ class LazyCases:
 
 
 def _scores(cases, trials: list[PostprocessRules], region: str) -> tuple[np.ndarray, np.ndarray]:
-    """(trials, patients) lesion-wise and legacy Dice of ``region`` under each of ``trials``, over (pred, truth, spacing,
-    probabilities) cases; each case is read once for all the trials."""
-    lesion, legacy = np.zeros((len(trials), len(cases))), np.zeros((len(trials), len(cases)))
+    """(trials, patients) lesion-wise Dice of ``region`` and (trials, regions, patients) legacy Dice of every region
+    (REGION_NAMES order) under each of ``trials``, over (pred, truth, spacing, probabilities) cases; each case is read
+    once for all the trials."""
+    lesion, legacy = np.zeros((len(trials), len(cases))), np.zeros((len(trials), len(REGION_NAMES), len(cases)))
     for j, (pred, truth, spacing, probabilities) in enumerate(cases):
-        t = region_mask(truth, region)
+        truths = [region_mask(truth, r) for r in REGION_NAMES]
         for i, trial in enumerate(trials):
-            p = region_mask(trial.apply(pred, spacing, probabilities), region)
-            lesion[i, j] = lesion_wise(p, t, spacing, with_hd95=False).dice
-            legacy[i, j] = dice(p, t)
+            out = trial.apply(pred, spacing, probabilities)
+            for k, r in enumerate(REGION_NAMES):
+                p = region_mask(out, r)
+                legacy[i, k, j] = dice(p, truths[k])
+                if r == region:
+                    lesion[i, j] = lesion_wise(p, truths[k], spacing, with_hd95=False).dice
     return lesion, legacy
 
 
@@ -222,9 +227,13 @@ def fit_rules(cases: list[tuple[np.ndarray, np.ndarray, tuple[float, float, floa
     for region, kind, candidates in plan:
         # ascending: the first candidate, 0, changes nothing and is the baseline
         lesion, legacy = _scores(cases, [_with(rules, region, kind, float(t)) for t in candidates], region)
+        k = REGION_NAMES.index(region)
+        # (trials, regions, patients): a patient counts as worse when any region's legacy Dice falls beyond the tolerance
+        worse = legacy < legacy[0] - max(settings.patient_tolerance, 1e-9)
         tried = [{UNITS[kind]: float(t), "lesion_dice": round(float(lesion[i].mean()), 6),
-                  "legacy_dice": round(float(legacy[i].mean()), 6),
-                  "patients_worse": int((legacy[i] < legacy[0] - max(settings.patient_tolerance, 1e-9)).sum())}
+                  "legacy_dice": round(float(legacy[i, k].mean()), 6),
+                  "patients_worse": int(worse[i].any(axis=0).sum()),
+                  "patients_worse_by_region": {r: int(worse[i, m].sum()) for m, r in enumerate(REGION_NAMES)}}
                  for i, t in enumerate(candidates)]
         # Non-inferiority per patient (within patient_tolerance), not on the mean: on a handful of validation patients a mean can trade one
         # patient's lost lesion for another's removed false positive, and such a threshold does not carry over.
