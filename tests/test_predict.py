@@ -386,7 +386,7 @@ def test_volumes_are_turned_into_the_models_orientation_with_their_voxel_sizes()
     array with 1 x 2 x 3 mm voxels."""
     from nibabel import orientations
 
-    from tumorseg.prediction import to_model_orientation
+    from tumorseg.data.orientation import to_model_orientation
 
     data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
     lps = nib.Nifti1Image(data, np.diag([-1.0, -2.0, 3.0, 1.0]))

@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from tumorseg.data.labels import SEQUENCES
+# the pipeline reads its dataset in MODEL_ORIENTATION (tumorseg.data.orientation); an input in another one (RAS from
+# dcm2niix, a sagittal volume) is turned into it for the 2D axial models and its labels turned back
+from tumorseg.data.orientation import MODEL_ORIENTATION, orientation_transforms, to_model_orientation
 from tumorseg.evaluation.postprocess import PostprocessRules
 
 log = logging.getLogger(__name__)
@@ -27,10 +30,6 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 AFFINE_TOLERANCE = 1e-3
 LABEL_SUFFIX = "-seg.nii.gz"
 RUNTIMES = ("torch", "onnx")  # onnx: the folder's model.onnx (tumorseg export) through ONNX Runtime
-# The orientation the models see: BraTS volumes (SRI-24 space) and the embedded default are stored so, and the
-# pipeline trains on them as stored. An input in another orientation (RAS from dcm2niix, a sagittal volume whose
-# third axis is left-right) is turned into it for the 2D axial models and its labels turned back.
-MODEL_ORIENTATION = ("L", "P", "S")
 # BraTS volumes (and the embedded default) have 1 mm isotropic voxels; the 2D models see slices at that scale
 TRAINED_SPACING_MM = 1.0
 SPACING_TOLERANCE = 0.25  # in-plane voxel sizes further than this share from it get a warning
@@ -44,32 +43,6 @@ class InputError(ValueError):
 class CaseInput:
     case_id: str
     files: dict[str, Path]  # sequence (t1n, t1c, t2w, t2f) -> NIfTI file
-
-
-def orientation_transforms(affine: np.ndarray):
-    """nibabel orientation transforms (input -> MODEL_ORIENTATION, and back), or None when the input is in it."""
-    from nibabel import orientations
-
-    current = orientations.io_orientation(affine)
-    target = orientations.axcodes2ornt(MODEL_ORIENTATION)
-    if np.array_equal(current, target):
-        return None
-    return orientations.ornt_transform(current, target), orientations.ornt_transform(target, current)
-
-
-def to_model_orientation(volumes: list[np.ndarray], spacing, affine: np.ndarray) -> tuple[list[np.ndarray], tuple]:
-    """``volumes`` (each on ``affine``'s voxel grid) and their voxel sizes turned into MODEL_ORIENTATION (as they
-    are when already in it): what the models see, and what a viewer should show as axial slices."""
-    from nibabel.orientations import apply_orientation
-
-    transforms = orientation_transforms(affine)
-    if transforms is None:
-        return list(volumes), tuple(float(z) for z in spacing)
-    to_model = transforms[0]
-    model_spacing = [0.0, 0.0, 0.0]
-    for axis, target in enumerate(to_model[:, 0].astype(int)):
-        model_spacing[target] = float(spacing[axis])
-    return [np.ascontiguousarray(apply_orientation(v, to_model)) for v in volumes], tuple(model_spacing)
 
 
 def find_volume(folder: Path, kind: str) -> Path | None:

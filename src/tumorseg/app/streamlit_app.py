@@ -13,9 +13,9 @@ import streamlit as st
 
 from tumorseg.app import support
 from tumorseg.data.labels import LABEL_NAMES, REGION_NAMES, SEQUENCES
+from tumorseg.data.orientation import to_model_orientation
 from tumorseg.models import MODEL_NAMES
-from tumorseg.prediction import (InputError, case_from_folder, label_map_bytes, load_case, load_predictor,
-                                 to_model_orientation)
+from tumorseg.prediction import InputError, case_from_folder, label_map_bytes, load_case, load_predictor
 
 MODELS_DIR = Path(os.environ.get("TUMORSEG_MODELS_DIR", "models"))
 SEQUENCE_NAMES = {"t1n": "T1 (native)", "t1c": "T1 + contrast", "t2w": "T2", "t2f": "T2-FLAIR"}

@@ -160,7 +160,7 @@ def load_mask_for(case_shape: tuple[int, ...], path: Path | None) -> np.ndarray 
     from tumorseg.data.brats import load_mask
 
     try:
-        mask = load_mask(path)
+        mask = load_mask(path, in_model_orientation=False)  # on the upload's grid; the app orients the case
     except Exception as exc:
         raise InputError(f"{path.name}: not a readable NIfTI mask ({type(exc).__name__}: {exc})") from None
     if mask.shape != tuple(case_shape):

@@ -18,6 +18,7 @@ from isal import igzip
 
 from tumorseg.data.ids import CASE_ID_RE
 from tumorseg.data.labels import LABELS, LEGACY_ET_LABEL, SEQUENCES
+from tumorseg.data.orientation import MODEL_ORIENTATION, axis_codes, to_model_orientation
 from tumorseg.fileio import sha256_file
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ class ManifestRow:
     spacing_x: float = 0.0
     spacing_y: float = 0.0
     spacing_z: float = 0.0
+    # the files' stored voxel orientation (e.g. LPS; per file when they differ); shape and spacing above are in
+    # MODEL_ORIENTATION, as every stage reads the volumes (read_volume, load_mask)
+    orientation: str = ""
     label4_voxels: int = 0  # legacy ET voxels that preprocessing remaps to 3
     files: dict[str, dict] = field(default_factory=dict)
 
@@ -148,6 +152,7 @@ def validate_case(case: CaseDir, root: str | Path) -> ManifestRow:
     problems: list[str] = []
     shapes: dict[str, tuple[int, ...]] = {}
     spacings: dict[str, tuple[float, ...]] = {}
+    orientations: dict[str, str] = {}
     for kind in FILE_KINDS:
         path = case.path / case_filename(case.case_id, kind)
         rel = path.relative_to(root).as_posix()
@@ -170,8 +175,10 @@ def validate_case(case: CaseDir, root: str | Path) -> ManifestRow:
         if data.ndim != 3:
             problems.append(f"{kind}: expected a 3D volume, got shape {data.shape} in {rel}")
             continue
+        orientations[kind] = axis_codes(img.affine)
+        (data,), spacing = to_model_orientation([data], img.header.get_zooms()[:3], img.affine)
         shapes[kind] = tuple(int(s) for s in data.shape)
-        spacings[kind] = tuple(round(float(z), 6) for z in img.header.get_zooms()[:3])
+        spacings[kind] = tuple(round(float(z), 6) for z in spacing)
         if data.dtype.kind == "f" and not np.isfinite(data).all():
             problems.append(f"{kind}: {int((~np.isfinite(data)).sum())} non-finite voxels in {rel}")
         if kind == MASK:
@@ -184,6 +191,13 @@ def validate_case(case: CaseDir, root: str | Path) -> ManifestRow:
         problems.append("voxel spacings disagree: " + ", ".join(f"{k} {s}" for k, s in spacings.items()))
     elif spacings:
         row.spacing_x, row.spacing_y, row.spacing_z = next(iter(spacings.values()))
+    if len(set(orientations.values())) > 1:
+        row.orientation = ", ".join(f"{k} {o}" for k, o in orientations.items())
+    elif orientations:
+        row.orientation = next(iter(orientations.values()))
+    if row.orientation and row.orientation != "".join(MODEL_ORIENTATION):
+        log.info("%s: files stored in %s; read in %s, as the models see every case", row.case_id, row.orientation,
+                 "".join(MODEL_ORIENTATION))
     if problems:
         row.status, row.reason = "skipped", "; ".join(problems)
     return row
@@ -207,9 +221,20 @@ def _check_labels(mask: np.ndarray, rel: str, row: ManifestRow) -> list[str]:
     return []
 
 
-def load_mask(path: str | Path) -> np.ndarray:
-    """A label map as uint8 with legacy label 4 remapped to 3."""
-    mask = np.asanyarray(read_nifti(path).dataobj)
+def read_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A volume's voxels and voxel sizes (mm) in MODEL_ORIENTATION: how the pipeline reads its dataset."""
+    img = read_nifti(path)
+    (data,), spacing = to_model_orientation([np.asanyarray(img.dataobj)], img.header.get_zooms()[:3], img.affine)
+    return data, spacing
+
+
+def load_mask(path: str | Path, *, in_model_orientation: bool = True) -> np.ndarray:
+    """A label map as uint8 with legacy label 4 remapped to 3; in MODEL_ORIENTATION, as the pipeline scores it, or
+    on the file's own voxel grid (``in_model_orientation=False``, for a viewer that orients the case itself)."""
+    if in_model_orientation:
+        mask, _ = read_volume(path)
+    else:
+        mask = np.asanyarray(read_nifti(path).dataobj)
     mask = np.rint(mask).astype(np.uint8) if mask.dtype.kind == "f" else mask.astype(np.uint8, copy=False)
     if (mask == LEGACY_ET_LABEL).any():
         mask = np.where(mask == LEGACY_ET_LABEL, np.uint8(3), mask)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tumorseg.data.brats import MASK, load_mask, read_manifest, read_nifti
+from tumorseg.data.brats import MASK, load_mask, read_manifest, read_volume
 from tumorseg.data.labels import SEQUENCES
 from tumorseg.data.slices import CASE_INDEX_COLUMNS, SLICE_INDEX_COLUMNS, image_file, label_file, typed_frame
 from tumorseg import paths
@@ -144,7 +144,7 @@ def _process_case(job) -> tuple[dict, list[dict]]:
     torch.set_num_threads(1)  # cases run in parallel processes; one thread each
     channels = []
     for seq in SEQUENCES:
-        data = np.asanyarray(read_nifti(raw_dir / case[f"{seq}_path"]).dataobj)
+        data, _ = read_volume(raw_dir / case[f"{seq}_path"])
         if data.dtype.kind == "f":
             data = data.astype(np.float32, copy=False)
         channels.append(data)
