@@ -76,3 +76,65 @@ def test_read_volume_returns_the_model_orientation_and_its_spacing(tmp_path):
     data, spacing = read_volume(path)
     assert data.shape == (14, 12, 10) and spacing == pytest.approx((1.0, 0.9, 2.5))
     assert np.array_equal(data, simple_volumes(shape=(14, 12, 10))[MASK])
+
+
+def _write_files(root, affines: dict[str, np.ndarray | None], no_qform: tuple[str, ...] = ()):
+    """The simple_volumes case in LPS, with the files named in ``affines`` given those sform affines (None: neither
+    qform nor sform)."""
+    folder = root / "BraTS-Africa" / COHORT_FOLDER["glioma"] / CASE
+    folder.mkdir(parents=True)
+    for kind, data in simple_volumes(shape=(14, 12, 10)).items():
+        img = nib.Nifti1Image(data, LPS_ANISOTROPIC)
+        if kind in affines:
+            img = nib.Nifti1Image(data, None)
+            if affines[kind] is not None:
+                img.set_sform(affines[kind], code=2)
+        nib.save(img, folder / case_filename(CASE, kind))
+    (case,) = discover_cases(root)
+    return validate_case(case, root)
+
+
+SHIFTED = LPS_ANISOTROPIC.copy()
+SHIFTED[0, 3] = 1.0  # one voxel to the side
+
+
+@pytest.mark.parametrize("affines, expected", [
+    ({MASK: SHIFTED}, "seg: not on t1n's voxel grid"),
+    ({"t2w": np.diag([0.0, 1.0, 1.0, 1.0])}, "t2w: unusable affine"),
+    ({MASK: None}, "seg: no qform or sform, unlike the other files"),
+], ids=["shifted-mask", "singular-affine", "mask-without-affine"])
+def test_files_off_the_case_grid_or_without_a_usable_affine_are_reported_not_read(tmp_path, affines, expected):
+    row = _write_files(tmp_path, affines)
+    assert row.status == "skipped" and expected in row.reason, row.reason
+
+
+def test_a_case_without_any_orientation_is_read_as_stored(tmp_path):
+    row = _write_files(tmp_path, {k: None for k in ("t1n", "t1c", "t2w", "t2f", MASK)})
+    assert row.status == "ok" and row.orientation == "none"
+    data, spacing = read_volume(next(tmp_path.rglob(f"*-{MASK}.nii.gz")))
+    assert np.array_equal(data, simple_volumes(shape=(14, 12, 10))[MASK]) and spacing == (1.0, 1.0, 1.0)
+
+
+def test_a_manifest_from_an_older_tumorseg_says_to_rerun_download(tmp_path):
+    from tumorseg.data.brats import read_manifest
+
+    row = _write_files(tmp_path / "raw", {})
+    path = tmp_path / "manifest.parquet"
+    write_parquet(manifest_frame([row]).drop(columns=["orientation"]), path)
+    with pytest.raises(ValueError, match=r"columns missing: \['orientation'\].*older tumorseg: rerun `dvc repro download`"):
+        read_manifest(path)
+
+
+def test_the_app_refuses_a_mask_on_another_grid_than_the_images(tmp_path):
+    from tumorseg.app.support import load_mask_for
+    from tumorseg.prediction import InputError
+
+    seg = simple_volumes(shape=(14, 12, 10))[MASK]
+    lps, ras = tmp_path / "lps-seg.nii.gz", tmp_path / "ras-seg.nii.gz"
+    nib.save(nib.Nifti1Image(seg, LPS_ANISOTROPIC), lps)
+    img = nib.Nifti1Image(seg, LPS_ANISOTROPIC)
+    nib.save(img.as_reoriented(orientations.ornt_transform(orientations.io_orientation(img.affine),
+                                                           orientations.axcodes2ornt(("R", "A", "S")))), ras)
+    assert np.array_equal(load_mask_for(seg.shape, lps, LPS_ANISOTROPIC), seg)
+    with pytest.raises(InputError, match="ras-seg.nii.gz: mask not on the images' voxel grid \\(stored RAS, images LPS"):
+        load_mask_for(seg.shape, ras, LPS_ANISOTROPIC)  # same shape: without the check, a mirrored overlay

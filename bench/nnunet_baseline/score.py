@@ -20,18 +20,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
 
-from tumorseg.data.brats import MASK, case_filename, load_mask  # noqa: E402
+from tumorseg.data.brats import MASK, case_filename, load_mask, read_volume  # noqa: E402
 from tumorseg.data.labels import REGIONS  # noqa
 from tumorseg.evaluation.metrics import slice_dice_wt, summarise, volume_metrics  # noqa: E402
 
 
 def score_case(pred_path: Path, gt_path: Path) -> tuple[dict, list[float]]:
-    pred, truth = load_mask(pred_path), load_mask(gt_path)
+    pred, truth = load_mask(pred_path), load_mask(gt_path)  # both in the pipeline's orientation (LPS)
     p_img, g_img = nib.load(pred_path), nib.load(gt_path)  # headers only
     assert pred.shape == truth.shape, (pred_path, pred.shape, truth.shape)
     assert np.allclose(p_img.affine, g_img.affine, atol=1e-3), (pred_path, p_img.affine, g_img.affine)
     assert set(np.unique(pred).tolist()) <= {0, 1, 2, 3}, (pred_path, np.unique(pred))
-    spacing = tuple(float(z) for z in g_img.header.get_zooms()[:3])
+    _, spacing = read_volume(gt_path)  # voxel sizes in the same axis order as the arrays
     return volume_metrics(pred, truth, spacing), slice_dice_wt(pred, truth)
 
 

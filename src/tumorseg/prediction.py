@@ -19,15 +19,13 @@ import numpy as np
 from tumorseg.data.labels import SEQUENCES
 # the pipeline reads its dataset in MODEL_ORIENTATION (tumorseg.data.orientation); an input in another one (RAS from
 # dcm2niix, a sagittal volume) is turned into it for the 2D axial models and its labels turned back
+from tumorseg.data.orientation import GRID_TOLERANCE as AFFINE_TOLERANCE  # the four sequences: one voxel grid
 from tumorseg.data.orientation import MODEL_ORIENTATION, orientation_transforms, to_model_orientation
 from tumorseg.evaluation.postprocess import PostprocessRules
 
 log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-# The four sequences must lie on one voxel grid: affines equal within this (mm, and unitless for the rotation part);
-# co-registered BraTS volumes agree exactly, float32 round-off stays far below it.
-AFFINE_TOLERANCE = 1e-3
 LABEL_SUFFIX = "-seg.nii.gz"
 RUNTIMES = ("torch", "onnx")  # onnx: the folder's model.onnx (tumorseg export) through ONNX Runtime
 # BraTS volumes (and the embedded default) have 1 mm isotropic voxels; the 2D models see slices at that scale

@@ -43,7 +43,7 @@ def available_models() -> list[str]:
 
 def segment(case, mask_path, model_ref: str, tta: bool) -> dict:
     channels, reference = load_case(case)
-    mask = support.load_mask_for(channels[0].shape, mask_path)
+    mask = support.load_mask_for(channels[0].shape, mask_path, reference.affine)
     spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])
     predictor = cached_model(model_ref)
     device, amp_dtype = device_and_precision()

@@ -153,18 +153,26 @@ def make_room(root: Path, budget_bytes: int) -> None:
             total -= sizes[folder]
 
 
-def load_mask_for(case_shape: tuple[int, ...], path: Path | None) -> np.ndarray | None:
-    """The expert mask (labels 0-3), or None; a mask of another shape is an input error."""
+def load_mask_for(case_shape: tuple[int, ...], path: Path | None, affine: np.ndarray | None = None) -> np.ndarray | None:
+    """The expert mask (labels 0-3) on the images' voxel grid, or None; a mask of another shape, or (given the images'
+    ``affine``) on another grid, e.g. saved in RAS beside LPS images, is an input error: overlaid voxel by voxel it
+    would show and score a mirrored tumour."""
     if path is None:
         return None
-    from tumorseg.data.brats import load_mask
+    from tumorseg.data.brats import load_mask, read_nifti
+    from tumorseg.data.orientation import GRID_TOLERANCE, axis_codes
 
     try:
         mask = load_mask(path, in_model_orientation=False)  # on the upload's grid; the app orients the case
+        mask_affine = read_nifti(path).affine
     except Exception as exc:
         raise InputError(f"{path.name}: not a readable NIfTI mask ({type(exc).__name__}: {exc})") from None
     if mask.shape != tuple(case_shape):
         raise InputError(f"{path.name}: mask shape {mask.shape} disagrees with the images {tuple(case_shape)}")
+    if affine is not None and not np.allclose(mask_affine, affine, rtol=0, atol=GRID_TOLERANCE):
+        raise InputError(f"{path.name}: mask not on the images' voxel grid (stored {axis_codes(mask_affine)}, images "
+                         f"{axis_codes(affine)}, affines differ by up to {float(np.abs(mask_affine - affine).max()):.4g}); "
+                         f"save it with the images' affine")
     if mask.max() > 3:
         raise InputError(f"{path.name}: labels outside 0-3")
     return mask

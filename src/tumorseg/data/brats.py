@@ -18,7 +18,7 @@ from isal import igzip
 
 from tumorseg.data.ids import CASE_ID_RE
 from tumorseg.data.labels import LABELS, LEGACY_ET_LABEL, SEQUENCES
-from tumorseg.data.orientation import MODEL_ORIENTATION, axis_codes, to_model_orientation
+from tumorseg.data.orientation import GRID_TOLERANCE, MODEL_ORIENTATION, NO_ORIENTATION, oriented_image
 from tumorseg.fileio import sha256_file
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     df = pd.read_parquet(path)
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: not a tumorseg manifest, columns missing: {missing}")
+        raise ValueError(f"{path}: columns missing: {missing}; not a tumorseg manifest, or one written by an older "
+                         f"tumorseg: rerun `dvc repro download` (or `tumorseg download`)")
     bad_status = sorted(set(df["status"]) - set(MANIFEST_STATUS))
     if bad_status:
         raise ValueError(f"{path}: unknown status values {bad_status}")
@@ -153,6 +154,7 @@ def validate_case(case: CaseDir, root: str | Path) -> ManifestRow:
     shapes: dict[str, tuple[int, ...]] = {}
     spacings: dict[str, tuple[float, ...]] = {}
     orientations: dict[str, str] = {}
+    affines: dict[str, np.ndarray] = {}
     for kind in FILE_KINDS:
         path = case.path / case_filename(case.case_id, kind)
         rel = path.relative_to(root).as_posix()
@@ -175,8 +177,11 @@ def validate_case(case: CaseDir, root: str | Path) -> ManifestRow:
         if data.ndim != 3:
             problems.append(f"{kind}: expected a 3D volume, got shape {data.shape} in {rel}")
             continue
-        orientations[kind] = axis_codes(img.affine)
-        (data,), spacing = to_model_orientation([data], img.header.get_zooms()[:3], img.affine)
+        try:
+            data, spacing, affines[kind], orientations[kind] = oriented_image(img)
+        except ValueError as exc:
+            problems.append(f"{kind}: unusable affine in {rel} ({exc})")
+            continue
         shapes[kind] = tuple(int(s) for s in data.shape)
         spacings[kind] = tuple(round(float(z), 6) for z in spacing)
         if data.dtype.kind == "f" and not np.isfinite(data).all():
@@ -191,11 +196,25 @@ def validate_case(case: CaseDir, root: str | Path) -> ManifestRow:
         problems.append("voxel spacings disagree: " + ", ".join(f"{k} {s}" for k, s in spacings.items()))
     elif spacings:
         row.spacing_x, row.spacing_y, row.spacing_z = next(iter(spacings.values()))
+    unknown = [k for k, o in orientations.items() if o == NO_ORIENTATION]
+    if unknown and len(unknown) < len(orientations):
+        problems.append(f"{', '.join(unknown)}: no qform or sform, unlike the other files: cannot tell whether they share a "
+                        f"voxel grid; save them with the images' affine")
+    elif len(set(shapes.values())) == 1 and affines:
+        # stored in different orientations is fine (each is read in LPS); on different grids is not
+        first = next(iter(affines))
+        for kind, affine in affines.items():
+            diff = float(np.abs(affine - affines[first]).max())
+            if not diff <= GRID_TOLERANCE:
+                problems.append(f"{kind}: not on {first}'s voxel grid (affine in LPS differs by up to {diff:.4g}, tolerance "
+                                f"{GRID_TOLERANCE}; stored {orientations[kind]} vs {orientations[first]}); co-register the files")
     if len(set(orientations.values())) > 1:
         row.orientation = ", ".join(f"{k} {o}" for k, o in orientations.items())
     elif orientations:
         row.orientation = next(iter(orientations.values()))
-    if row.orientation and row.orientation != "".join(MODEL_ORIENTATION):
+    if row.orientation == NO_ORIENTATION:
+        log.warning("%s: no qform or sform in its files: read as stored, taken to be %s", row.case_id, "".join(MODEL_ORIENTATION))
+    elif row.orientation and row.orientation != "".join(MODEL_ORIENTATION):
         log.info("%s: files stored in %s; read in %s, as the models see every case", row.case_id, row.orientation,
                  "".join(MODEL_ORIENTATION))
     if problems:
@@ -223,8 +242,7 @@ def _check_labels(mask: np.ndarray, rel: str, row: ManifestRow) -> list[str]:
 
 def read_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
     """A volume's voxels and voxel sizes (mm) in MODEL_ORIENTATION: how the pipeline reads its dataset."""
-    img = read_nifti(path)
-    (data,), spacing = to_model_orientation([np.asanyarray(img.dataobj)], img.header.get_zooms()[:3], img.affine)
+    data, spacing, _, _ = oriented_image(read_nifti(path))
     return data, spacing
 
 

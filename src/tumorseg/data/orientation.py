@@ -11,6 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 MODEL_ORIENTATION = ("L", "P", "S")
+# Files of one case must lie on one voxel grid: affines (after orientation) equal within this (mm, and unitless for the
+# rotation part); co-registered BraTS volumes agree exactly, float32 round-off stays far below it.
+GRID_TOLERANCE = 1e-3
+NO_ORIENTATION = "none"  # a file without qform and sform: nothing says how its axes lie, so it is read as stored
 
 
 def orientation_transforms(affine: np.ndarray):
@@ -44,3 +48,25 @@ def axis_codes(affine: np.ndarray) -> str:
     from nibabel.orientations import aff2axcodes
 
     return "".join(c or "?" for c in aff2axcodes(affine))
+
+
+def oriented_image(img) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, str]:
+    """A NIfTI image's voxels, voxel sizes and affine in MODEL_ORIENTATION, and the axis codes it was stored in.
+
+    A file with neither qform nor sform (codes 0) says nothing about its orientation (nibabel's fallback affine is a
+    guess): it is read as stored, its codes reported as NO_ORIENTATION. A singular affine raises ValueError."""
+    from nibabel.orientations import inv_ornt_aff
+
+    data = np.asanyarray(img.dataobj)
+    zooms = img.header.get_zooms()[:3]
+    if int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 0:
+        return data, tuple(float(z) for z in zooms), img.affine, NO_ORIENTATION
+    affine = img.affine
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ValueError("singular or non-finite affine (no voxel-to-world mapping)")
+    codes = axis_codes(affine)
+    transforms = orientation_transforms(affine)
+    (data,), spacing = to_model_orientation([data], zooms, affine)
+    if transforms is not None:
+        affine = affine @ inv_ornt_aff(transforms[0], img.shape[:3])
+    return data, spacing, affine, codes
