@@ -73,7 +73,7 @@ def infer(model: str = ModelArgument, params: Path = ParamsOption) -> None:
 
 @app.command()
 def ensemble(params: Path = ParamsOption) -> None:
-    """Average the three models' probabilities -> inference/ensemble/ (post-processed and evaluated like a model)."""
+    """Average params.yaml's models' probabilities -> inference/ensemble/ (post-processed and evaluated like a model)."""
     from tumorseg.evaluation.ensemble import main
 
     index = main(params)
@@ -115,7 +115,7 @@ def predict(
                                                   "or a folder of patient folders (batch mode)."),
     model: str = typer.Option("champion", "--model", "-m", help="champion (the pipeline model with the best validation "
                               "lesion-wise Dice, as the report chooses it), a pipeline model name (models/<name>), ensemble "
-                              "(the three pipeline models' probabilities averaged), a model folder or model.safetensors, or "
+                              "(params.yaml's models' probabilities averaged, as the ensemble stage does), a model folder or model.safetensors, or "
                               "an MLflow URI such as models:/tumorseg-resnet_unet@champion."),
     out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Folder for <case>-seg.nii.gz label maps."),
     t1n: Path = typer.Option(None, help="Explicit files instead of a folder: native T1."),
