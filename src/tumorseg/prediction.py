@@ -19,8 +19,7 @@ import numpy as np
 from tumorseg.data.labels import SEQUENCES
 # the pipeline reads its dataset in MODEL_ORIENTATION (tumorseg.data.orientation); an input in another one (RAS from
 # dcm2niix, a sagittal volume) is turned into it for the 2D axial models and its labels turned back
-from tumorseg.data.orientation import GRID_TOLERANCE as AFFINE_TOLERANCE  # the four sequences: one voxel grid
-from tumorseg.data.orientation import MODEL_ORIENTATION, orientation_transforms, to_model_orientation
+from tumorseg.data.orientation import GRID_TOLERANCE, MODEL_ORIENTATION, axis_codes, orientation_transforms, to_model_orientation
 from tumorseg.evaluation.postprocess import PostprocessRules
 
 log = logging.getLogger(__name__)
@@ -98,9 +97,9 @@ def _check_same_grid(img, path: Path, reference, reference_path: Path) -> None:
     if codes != ref_codes:
         raise InputError(f"{path}: orientation {''.join(codes)} differs from {reference_path} ({''.join(ref_codes)}); "
                          f"resample the sequences onto one grid (e.g. the BraTS SRI-24 template) first")
-    if not np.allclose(img.affine, reference.affine, rtol=0, atol=AFFINE_TOLERANCE):
+    if not np.allclose(img.affine, reference.affine, rtol=0, atol=GRID_TOLERANCE):
         diff = float(np.abs(img.affine - reference.affine).max())
-        raise InputError(f"{path}: affine differs from {reference_path} by up to {diff:.4g} (tolerance {AFFINE_TOLERANCE}): "
+        raise InputError(f"{path}: affine differs from {reference_path} by up to {diff:.4g} (tolerance {GRID_TOLERANCE}): "
                          f"the sequences are not on one voxel grid; co-register them first")
 
 
@@ -156,10 +155,10 @@ class Predictor:
         ``affine``, an input in another orientation than MODEL_ORIENTATION is predicted in that one and mapped back."""
         transforms = orientation_transforms(affine) if affine is not None else None
         if transforms is not None:
-            from nibabel.orientations import aff2axcodes, apply_orientation
+            from nibabel.orientations import apply_orientation
 
             log.info("%s: input orientation %s, predicted in %s (the orientation the models were trained in) and mapped "
-                     "back", self.name, "".join(aff2axcodes(affine)), "".join(MODEL_ORIENTATION))
+                     "back", self.name, axis_codes(affine), "".join(MODEL_ORIENTATION))
             model_channels, model_spacing = to_model_orientation(channels, spacing, affine)
             labels = self.predict(model_channels, model_spacing, batch_size, device, amp_dtype, tta)
             return np.ascontiguousarray(apply_orientation(labels, transforms[1]))
@@ -221,7 +220,7 @@ def label_map_bytes(labels: np.ndarray, reference) -> bytes:
 
 def load_predictor(ref: str, models_dir: Path, device="cpu", postprocess: bool = True, runtime: str = "torch") -> Predictor:
     """``champion`` (the pipeline model chosen on validation, as the report chooses it), a pipeline name
-    (models/<name>), ``ensemble`` (the three pipeline models), a model folder or model.safetensors path, or an
+    (models/<name>), ``ensemble`` (params.yaml's models, as the ensemble stage averages them), a model folder or model.safetensors path, or an
     MLflow URI (models:/tumorseg-resnet_unet@champion, runs:/<id>/model).
     With ``postprocess``, the rules fitted for it on validation (its folder's postprocess.json) are applied;
     a model without them is used as the network gives it, and the log says so."""
