@@ -15,12 +15,18 @@ Run on a machine with a CUDA GPU (``--device cpu`` only for a smoke test of the 
    - ``before``: ``deterministic: true`` (cuDNN autotuning off), the reference AdamW, eager: the loop as it was;
    - ``eager``: ``deterministic: false`` (cuDNN autotuning), fused AdamW;
    - ``eager_2x``: the same with twice the batch size and twice the learning rate (linear scaling);
-   - ``compiled_2x``: ``eager_2x`` with ``train.compile: true``.
+   - ``compiled_2x``: ``eager_2x`` with ``train.compile: true``;
+   - ``graph``, ``graph_2x``, ``graph_4x``: ``eager`` with ``train.cuda_graph: true`` (the whole step replayed as one
+     CUDA graph) at 1x, 2x and 4x the batch size and learning rate;
+   - ``compiled_graph_2x``: ``graph_2x`` with ``train.compile: true`` as well.
+
+   Configurations run one at a time over every model, in the order given (``--configs``); once ``--budget-s`` seconds
+   have passed the rest are skipped and listed as such (a lent GPU's time is short).
 
    Throughput is training slices per second over the epochs after the first (the first holds compilation and
    autotuning), measured by the loop itself (``on_epoch``), the epoch's GPU work synchronised.
 3. Criterion, fixed before the run: a model's GPU configuration is the fastest one whose validation mean Dice after
-   the last epoch is at least ``before``'s minus 0.02 (equal epochs, same data, same seed; the non-deterministic
+   the last epoch is at least the reference's minus 0.02 (the reference: ``before`` when it ran, else ``eager``) (equal epochs, same data, same seed; the non-deterministic
    configurations move by run-to-run noise, which 0.02 is meant to cover).
 4. Projects the real-data profile (146 patients: 102 train, 22 validation, with this data's slices per patient,
    100 epochs per model) from the measured training and validation speeds; target: the three models together in at
@@ -60,10 +66,14 @@ PROFILE = {
     "transunet": {"batch_size": 8, "lr": 1e-5, "arch": {"head_channels": 512}},
 }
 CONFIGS = {
-    "before": {"deterministic": True, "fused": False, "scale": 1, "compile": False},
-    "eager": {"deterministic": False, "fused": True, "scale": 1, "compile": False},
-    "eager_2x": {"deterministic": False, "fused": True, "scale": 2, "compile": False},
-    "compiled_2x": {"deterministic": False, "fused": True, "scale": 2, "compile": True},
+    "before": {"deterministic": True, "fused": False, "scale": 1, "compile": False, "graph": False},
+    "eager": {"deterministic": False, "fused": True, "scale": 1, "compile": False, "graph": False},
+    "eager_2x": {"deterministic": False, "fused": True, "scale": 2, "compile": False, "graph": False},
+    "compiled_2x": {"deterministic": False, "fused": True, "scale": 2, "compile": True, "graph": False},
+    "graph": {"deterministic": False, "fused": True, "scale": 1, "compile": False, "graph": True},
+    "graph_2x": {"deterministic": False, "fused": True, "scale": 2, "compile": False, "graph": True},
+    "graph_4x": {"deterministic": False, "fused": True, "scale": 4, "compile": False, "graph": True},
+    "compiled_graph_2x": {"deterministic": False, "fused": True, "scale": 2, "compile": True, "graph": True},
 }
 DICE_TOLERANCE = 0.02
 REAL = {"patients": 146, "train": 102, "val": 22, "epochs": 100, "target_minutes": 30}
@@ -116,7 +126,7 @@ def settings_for(name: str, config: str, epochs: int, device: str) -> tuple[Trai
     c, p = CONFIGS[config], PROFILE[name]
     train = TrainSettings(epochs=epochs, samples_per_epoch=0, patch_size=0, foreground_fraction=0.33, patience=0,
                           device=device, amp="auto", channels_last=True, deterministic=c["deterministic"],
-                          compile=c["compile"], augment=AugmentSettings(), eval_batch_size=32, seed=42)
+                          compile=c["compile"], cuda_graph=c["graph"], augment=AugmentSettings(), eval_batch_size=32, seed=42)
     model = ModelSettings(lr=p["lr"] * c["scale"], batch_size=p["batch_size"] * c["scale"], arch=p["arch"])
     return train, model
 
@@ -151,56 +161,73 @@ def project(result: dict, info: dict) -> float:
 
 def benchmark(args, info: dict) -> str:
     device = "cuda" if args.device == "cuda" else "cpu"
-    rows, chosen, failed = [], {}, []
-    results_file = args.work / "results.json"
+    t_start = time.perf_counter()
+    skipped = []
+    results_file, failed_file = args.work / "results.json", args.work / "failed.json"
     results: list[dict] = json.loads(results_file.read_text()) if results_file.is_file() else []
-    for name in args.models:
-        by_config = {}
-        for config in args.configs:
+    failed: list[str] = json.loads(failed_file.read_text()) if failed_file.is_file() else []  # not retried by a rerun
+    for config in args.configs:  # config-major: every model gets the cheap configurations before any compiles
+        for name in args.models:
             r = next((x for x in results if x["model"] == name and x["config"] == config and x["epochs"] == args.epochs), None)
+            if r is None and any(f.startswith(f"- {name} {config}: ") for f in failed):
+                continue
             if r is None:
+                if time.perf_counter() - t_start > args.budget_s:
+                    skipped.append(f"{name} {config}")
+                    continue
                 try:
                     r = train_once(name, config, args.epochs, args.work, device) | {"epochs": args.epochs}
                 except Exception as exc:  # one configuration failing (a compiler error, say) must not lose the others
                     print(f"{name} {config} FAILED: {type(exc).__name__}: {exc}", flush=True)
                     failed.append(f"- {name} {config}: failed with {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                    failed_file.write_text(json.dumps(failed, indent=1))
                     continue
                 results.append(r)
                 results_file.write_text(json.dumps(results, indent=1))
-            by_config[config] = r
+                if args.results_copy:
+                    args.results_copy.write_text(json.dumps(results, indent=1))
             print(f"{name} {config}: {r['slices_per_s']:.0f} slices/s, val Dice {r['val_dice']}, first epoch "
                   f"{r['first_epoch_s']:.1f} s, wall {r['wall_s']:.1f} s", flush=True)
-        base = by_config.get("before")
-        ok = [r for r in by_config.values() if base is None or r["val_dice_mean"] >= base["val_dice_mean"] - DICE_TOLERANCE]
+    rows, chosen = [], {}
+    for name in args.models:
+        by_config = {c: r for c in args.configs for r in results
+                     if r["model"] == name and r["config"] == c and r["epochs"] == args.epochs}
+        if not by_config:
+            continue
+        base = by_config.get("before") or by_config.get("eager") or next(iter(by_config.values()))
+        ok = [r for r in by_config.values() if r["val_dice_mean"] >= base["val_dice_mean"] - DICE_TOLERANCE]
         chosen[name] = max(ok, key=lambda r: r["slices_per_s"])
         for config, r in by_config.items():
             rows.append(f"| {name} | {config}{' **(chosen)**' if r is chosen[name] else ''} | {r['batch_size']} | {r['lr']:g} | {r['slices_per_s']:.0f} | "
-                        f"{r['slices_per_s'] / base['slices_per_s']:.2f}x | {r['first_epoch_s']:.1f} | "
+                        f"{r['slices_per_s'] / base['slices_per_s']:.2f}x {base['config']} | {r['first_epoch_s']:.1f} | "
                         f"{' / '.join(f'{d:.3f}' for d in r['val_dice'])} | {project(r, info):.1f} |")
     (args.work / "chosen.json").write_text(json.dumps({n: r["config"] for n, r in chosen.items()}))
     gpu = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "CPU"
-    before_total = sum(project(r, info) for r in results if r["config"] == "before" and r["model"] in args.models
-                       and r["epochs"] == args.epochs)
+    reference = {n: next((r for r in results if r["model"] == n and r["config"] == ("before" if "before" in args.configs else "eager")
+                          and r["epochs"] == args.epochs), None) for n in args.models}
+    reference_total = sum(project(r, info) for r in reference.values() if r is not None)
     chosen_total = sum(project(r, info) for r in chosen.values())
+    reference_name = "before" if "before" in args.configs else "eager"
     lines = [
-        f"`python bench/gpu.py --patients {info['patients']} --epochs {args.epochs}` on {gpu}, torch {torch.__version__}, "
-        f"Python {platform.python_version()}",
+        f"`python bench/gpu.py --patients {info['patients']} --epochs {args.epochs} --configs {' '.join(args.configs)}` on {gpu}, "
+        f"torch {torch.__version__}, Python {platform.python_version()}",
         "",
         f"Data: {info['patients']} synthetic patients at {' x '.join(map(str, info['shape']))} "
         f"({info['patients_by_split']}; {info['slices_per_patient']} slices per patient; the data stages took "
         f"{info['seconds']} s). Whole slices, bf16 autocast, channels_last, the real-data profile's architectures.",
         "",
-        "| model | config | batch | lr | train slices/s | vs before | first epoch (s) | val mean Dice per epoch | "
+        "| model | config | batch | lr | train slices/s | vs reference | first epoch (s) | val mean Dice per epoch | "
         "real-data profile, projected (min) |",
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
         *([""] + failed if failed else []),
+        *(["", f"Skipped (past --budget-s {args.budget_s:.0f} s): {', '.join(skipped)}"] if skipped else []),
         "",
         f"Projected training + validation of the real-data profile ({REAL['train']} train / {REAL['val']} validation patients, "
-        f"{REAL['epochs']} epochs per model): **{before_total:.0f} min before, {chosen_total:.0f} min with each model's chosen "
-        f"configuration** (target: {REAL['target_minutes']} min for the three; "
-        f"{'MET' if chosen_total <= REAL['target_minutes'] else 'NOT MET'}). Chosen: the fastest configuration whose last "
-        f"validation mean Dice is at least `before`'s minus {DICE_TOLERANCE}.",
+        f"{REAL['epochs']} epochs per model): **{reference_total:.0f} min with `{reference_name}`, {chosen_total:.0f} min with each "
+        f"model's chosen configuration** (target: {REAL['target_minutes']} min for the three; "
+        f"{'MET' if chosen_total <= REAL['target_minutes'] and len(chosen) == len(args.models) else 'NOT MET'}). Chosen: the "
+        f"fastest configuration whose last validation mean Dice is at least `{reference_name}`'s minus {DICE_TOLERANCE}.",
     ]
     return "\n".join(lines)
 
@@ -241,6 +268,8 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--work", type=Path, default=REPO / ".bench-gpu")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a smoke test of this script only")
+    ap.add_argument("--budget-s", type=float, default=float("inf"), help="start no configuration after this many seconds")
+    ap.add_argument("--results-copy", type=Path, help="also write the raw results here after every configuration")
     ap.add_argument("--side-by-side", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-config", help=argparse.SUPPRESS)

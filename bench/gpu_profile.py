@@ -8,13 +8,15 @@ the GPU with bench/gpu.py's full-size synthetic data (``--work``, built by bench
    cuDNN autotuning, fused AdamW, bf16, channels_last) for ``--steps`` steps; the GPU's busy time per step (the sum of
    the kernels' own time) against the wall time per step, kernel launches per step, and the operators that take the
    most host time and the most GPU time. GPU busy well below wall: the host (Python, launches, synchronisations) sets
-   the pace.
+   the pace. ``--variants`` adds the same for ``eager_fastpath`` (the decoder's phase-decomposed upsampling conv on
+   the GPU too, as before FAST_UPSAMPLE_DEVICES) and ``graph`` (``train.cuda_graph: true``).
 2. **Batch size sweep** (``--batches``; learning rate scaled with the batch): training slices per second.
 3. **CUDA graphs**: ``train.compile`` with ``torch.compile(mode="reduce-overhead")`` (replays the step's kernels as
    one graph, which removes per-kernel launch cost) at the first batch size, after ``--compile-epochs`` epochs.
 
     python bench/gpu_profile.py --work .bench-gpu --out bench/results/gpu_profile.md        # on the GPU
     python bench/gpu_profile.py --device cpu --patients 3 --shape 64 64 32 --steps 4 --batches 2 4   # CPU smoke test
+    python bench/gpu_profile.py --work .bench-gpu --no-sweep --variants eager eager_fastpath graph   # step 1 only
 
 Throughputs come from the loop's own ``on_epoch`` timings (the epoch's GPU work synchronised); the profiler's own
 overhead inflates step 1's wall time, so the sweep's figures, not step 1's, are the speeds.
@@ -23,6 +25,7 @@ overhead inflates step 1's wall time, so the sweep's figures, not step 1's, are 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import platform
@@ -43,11 +46,12 @@ from tumorseg.models import MODEL_NAMES  # noqa: E402
 from tumorseg.training.settings import AugmentSettings, ModelSettings, TrainSettings  # noqa: E402
 
 
-def settings(name: str, device: str, batch: int, steps: int, epochs: int, compile_step: bool) -> tuple[TrainSettings, ModelSettings]:
+def settings(name: str, device: str, batch: int, steps: int, epochs: int, compile_step: bool,
+             cuda_graph: bool = False) -> tuple[TrainSettings, ModelSettings]:
     p = PROFILE[name]
     train = TrainSettings(epochs=epochs, samples_per_epoch=steps * batch, patch_size=0, foreground_fraction=0.33, patience=0,
                           device=device, amp="auto", channels_last=True, deterministic=False, compile=compile_step,
-                          augment=AugmentSettings(), eval_batch_size=32, seed=42, max_val_slices=64)
+                          cuda_graph=cuda_graph, augment=AugmentSettings(), eval_batch_size=32, seed=42, max_val_slices=64)
     scale = batch / p["batch_size"]
     return train, ModelSettings(lr=p["lr"] * scale, batch_size=batch, arch=p["arch"])
 
@@ -62,27 +66,43 @@ def run(name: str, train: TrainSettings, model: ModelSettings, work: Path) -> li
     return records
 
 
-def profiled_step(name: str, device: str, batch: int, steps: int, work: Path) -> tuple[list[str], str]:
+@contextlib.contextmanager
+def variant_context(variant: str):
+    """``eager_fastpath``: the decoder's phase-decomposed conv on every device, as before FAST_UPSAMPLE_DEVICES."""
+    import tumorseg.models.blocks as blocks
+
+    original = blocks.FAST_UPSAMPLE_DEVICES
+    if variant == "eager_fastpath":
+        blocks.FAST_UPSAMPLE_DEVICES = frozenset({"cpu", "cuda"})
+    try:
+        yield
+    finally:
+        blocks.FAST_UPSAMPLE_DEVICES = original
+
+
+def profiled_step(name: str, device: str, batch: int, steps: int, work: Path, variant: str = "eager") -> tuple[list[str], str]:
     """Row of figures and the top-operator tables of ``steps`` training steps under torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
 
-    run(name, *settings(name, device, batch, 2, 1, False), work)  # warm-up: cuDNN autotuning, allocator, imports
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    train, model = settings(name, device, batch, steps, 1, False)
-    with profile(activities=activities) as prof:
-        records = run(name, train, model, work)
+    graph = variant == "graph"
+    with variant_context(variant):
+        run(name, *settings(name, device, batch, 6 if graph else 2, 1, False, graph), work)  # warm-up: autotuning, allocator
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+        train, model = settings(name, device, batch, steps, 1, False, graph)
+        with profile(activities=activities) as prof:
+            records = run(name, train, model, work)
     events = prof.key_averages()
     use_device = device == "cuda"
     gpu_us = sum(e.self_device_time_total for e in events) if use_device else 0.0
     launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
     wall_ms = records[0]["train_seconds"] / steps * 1e3
     busy_ms = gpu_us / 1e3 / steps  # includes validation's kernels: an upper bound on the training step's
-    row = [name, str(batch), f"{wall_ms:.1f}", f"{busy_ms:.1f}" if use_device else "n/a",
+    row = [name, variant, str(batch), f"{wall_ms:.1f}", f"{busy_ms:.1f}" if use_device else "n/a",
            f"{busy_ms / wall_ms:.0%}" if use_device else "n/a", f"{launches / steps:.0f}" if use_device else "n/a"]
-    tables = [f"#### {name}, batch {batch}: operators by host time", "", "```",
+    tables = [f"#### {name} ({variant}), batch {batch}: operators by host time", "", "```",
               events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50), "```"]
     if use_device:
-        tables += ["", f"#### {name}, batch {batch}: operators by GPU time", "", "```",
+        tables += ["", f"#### {name} ({variant}), batch {batch}: operators by GPU time", "", "```",
                    events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=50), "```"]
     return row, "\n".join(tables)
 
@@ -95,6 +115,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="training steps per measured epoch")
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--compile-epochs", type=int, default=3, help="epochs of the reduce-overhead run (the first compiles)")
+    ap.add_argument("--variants", nargs="+", default=["eager"], choices=["eager", "eager_fastpath", "graph"])
+    ap.add_argument("--no-sweep", dest="sweep", action="store_false", help="step 1 only: no batch sweep, no CUDA graphs")
     ap.add_argument("--work", type=Path, default=REPO / ".bench-gpu")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a smoke test of this script only")
     ap.add_argument("--out", type=Path)
@@ -108,10 +130,17 @@ def main() -> None:
     t_start = time.perf_counter()
     profile_rows, tables, sweep_rows = [], [], []
     for name in args.models:
-        row, table = profiled_step(name, args.device, args.batches[0], args.steps, args.work)
-        profile_rows.append("| " + " | ".join(row) + " |")
-        tables.append(table)
-        print(profile_rows[-1], flush=True)
+        for variant in args.variants:
+            try:
+                row, table = profiled_step(name, args.device, args.batches[0], args.steps, args.work, variant)
+            except Exception as exc:  # a variant failing (graph capture, say) must not lose the others
+                row, table = [name, variant, str(args.batches[0]), f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}",
+                              "", "", ""], ""
+            profile_rows.append("| " + " | ".join(row) + " |")
+            tables.append(table)
+            print(profile_rows[-1], flush=True)
+        if not args.sweep:
+            continue
         speeds = {}
         for batch in args.batches:
             records = run(name, *settings(name, args.device, batch, args.steps, 2, False), args.work)
@@ -133,15 +162,17 @@ def main() -> None:
             print(sweep_rows[-1], flush=True)
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "CPU"
     text = "\n".join([
-        f"`python bench/gpu_profile.py --steps {args.steps} --batches {' '.join(map(str, args.batches))}` on {gpu}, torch "
+        f"`python bench/gpu_profile.py --steps {args.steps} --batches {' '.join(map(str, args.batches))} --variants "
+        f"{' '.join(args.variants)}{'' if args.sweep else ' --no-sweep'}` on {gpu}, torch "
         f"{torch.__version__}: {info['patients']} synthetic patients at {' x '.join(map(str, info['shape']))}, whole slices, "
         f"bf16 autocast on CUDA, channels_last, cuDNN autotuning, fused AdamW; {time.perf_counter() - t_start:.0f} s in all", "",
         "One epoch under torch.profiler (its overhead included in the wall time; GPU busy includes the epoch's validation "
         "kernels, so it is an upper bound):", "",
-        "| model | batch | wall per step (ms) | GPU busy per step (ms) | busy share | kernel launches per step |",
-        "|---|---|---|---|---|---|", *profile_rows, "",
-        "Training slices per second (second epoch; reduce-overhead: the last epoch, after compiling):", "",
-        "| model | how | slices/s | vs eager at the first batch |", "|---|---|---|---|", *sweep_rows, "", *tables])
+        "| model | variant | batch | wall per step (ms) | GPU busy per step (ms) | busy share | kernel launches per step |",
+        "|---|---|---|---|---|---|---|", *profile_rows, "",
+        *(["Training slices per second (second epoch; reduce-overhead: the last epoch, after compiling):", "",
+           "| model | how | slices/s | vs eager at the first batch |", "|---|---|---|---|", *sweep_rows, ""] if args.sweep else []),
+        *tables])
     emit(text, args.out)
 
 

@@ -14,6 +14,11 @@ from torch import nn
 
 NORMS = ("batch", "group", "instance")
 UPSAMPLE_MODES = ("nearest", "bilinear", "transpose")
+# Devices on which DecoderBlock takes the exact nearest-2x fast path (`upsample2x_conv3x3`). It saves 5/9 of the first
+# conv's multiply-adds, which is what a CPU's time goes to, but doubles the operations of a step (resnet_unet: 797 ->
+# 1,532 per forward + backward, counted with a dispatch counter), and an eager GPU step is bound by its operations'
+# launch cost, not by arithmetic (bench/results/gpu.md). The function is the same up to float rounding.
+FAST_UPSAMPLE_DEVICES = frozenset({"cpu"})
 
 
 def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
@@ -130,8 +135,8 @@ class DecoderBlock(nn.Module):
     """Upsample to the skip's size, concatenate the skip, two conv-norm-ReLU.
 
     `upsample`: "nearest" (fastest: where the target is exactly 2x, upsample + concat + first conv
-    run as `upsample2x_conv3x3` on the low-resolution input plus a conv on the skip, the same function
-    with fewer operations; deterministic on CUDA), "bilinear" (smoother, but its backward is
+    run on a CPU as `upsample2x_conv3x3` on the low-resolution input plus a conv on the skip, the same
+    function with fewer multiply-adds; elsewhere as written, see FAST_UPSAMPLE_DEVICES), "bilinear" (smoother, but its backward is
     nondeterministic on CUDA), or "transpose" (learned 2x2 stride-2 transposed conv to
     `out_channels`, the classic U-Net up-conv). Other size ratios (e.g. 8 -> 15 at 240 px) are
     interpolated (or padded, after a transposed conv) to the skip's exact size. With no skip (the
@@ -171,7 +176,8 @@ class DecoderBlock(nn.Module):
             size = tuple(skip.shape[-2:])
         elif size is None:
             raise ValueError("DecoderBlock without a skip needs the target size")
-        if self.fast_upsample and tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1]):
+        if (self.fast_upsample and x.device.type in FAST_UPSAMPLE_DEVICES
+                and tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1])):
             # Fast exact path: conv(cat(up(x), skip)) = conv_x(up(x)) + conv_skip(skip).
             conv, norm, act = self.conv1
             y = None if skip is None else F.conv2d(skip, conv.weight[:, self.in_channels :], padding=1)

@@ -92,10 +92,12 @@ def pick_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return fast_autocast_dtype(device.type) if device.type == "cuda" else None
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
+def autocast(device: torch.device, dtype: torch.dtype | None, cache_enabled: bool = True):
+    """``cache_enabled=False`` for a step captured as a CUDA graph: the cache of weight casts would be filled outside
+    the graph and go stale inside it."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache_enabled)
 
 
 def configure_determinism(deterministic: bool, device: torch.device) -> None:

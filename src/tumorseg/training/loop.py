@@ -32,6 +32,7 @@ from tumorseg.models.io import CONFIG_FILE, WEIGHTS_FILE, save_model
 from tumorseg.models.runtime import autocast, configure_determinism, pick_amp_dtype, pick_device
 from tumorseg.tracking import TAG_DATA, TAG_WEIGHTS, MlflowSettings, TrainingRun
 from tumorseg.training import checkpoint, distributed
+from tumorseg.training.cuda_graph import GraphedTrainStep, capturable_adamw, set_lr
 from tumorseg.training.augment import build_augmentation
 from tumorseg.training.data import SliceBank, StreamBank, epoch_indices, mimic_voxels, open_bank, random_patches, to_device
 from tumorseg.training.losses import mimic_weights, segmentation_loss
@@ -155,6 +156,9 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
     if not world.is_main:
         logging.getLogger("tumorseg").setLevel(logging.WARNING)  # one rank tells the story
     amp_dtype = pick_amp_dtype(train.amp, device)
+    if train.cuda_graph and device.type != "cuda":
+        raise ValueError(f"train.cuda_graph: true replays CUDA graphs, but {name} trains on {device.type}: set "
+                         "train.cuda_graph: false (or train.device: cuda on a machine with a CUDA GPU)")
     configure_determinism(train.deterministic, device)
     if train.num_threads:
         torch.set_num_threads(train.num_threads)
@@ -181,9 +185,12 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
     if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Fused AdamW (one kernel for every parameter) on CUDA only: the CPU keeps the reference implementation, so CPU
-    # runs reproduce the committed metrics.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=model_cfg.lr, weight_decay=train.weight_decay,
-                                  fused=True if device.type == "cuda" else None)
+    # runs reproduce the committed metrics. A captured step needs it capturable, its learning rate a device tensor.
+    if train.cuda_graph:
+        optimizer = capturable_adamw(model.parameters(), model_cfg.lr, train.weight_decay, device)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=model_cfg.lr, weight_decay=train.weight_decay,
+                                      fused=True if device.type == "cuda" else None)
     # The compiled module shares the parameters of `model`; validation and saving use `model` itself, so whole-slice
     # validation batches never trigger a recompile of the patch-sized training graph.
     augmentation = build_augmentation(train.augment)
@@ -201,6 +208,9 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if train.cuda_graph:  # the saved learning rate comes back as a host tensor; a captured step reads it on the GPU
+            for group in optimizer.param_groups:
+                group["lr"] = torch.tensor(float(group["lr"]), device=device)
         history, best, bad_epochs, start_epoch = state["history"], state["best"], state["bad_epochs"], state["epoch"] + 1
         log.info("resuming %s from %s after epoch %d", name, Path(checkpoint_dir) / checkpoint.RESUME_FILE, state["epoch"])
     train_module = model
@@ -211,6 +221,11 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
     # The compiled module shares the parameters of `model`; validation and saving use `model` itself, so whole-slice
     # validation batches never trigger a recompile of the patch-sized training graph.
     step_model = torch.compile(train_module) if train.compile else train_module
+    graphed = None
+    if train.cuda_graph:
+        graphed = GraphedTrainStep(step_model, optimizer,
+                                   lambda logits, y, w: segmentation_loss(logits, y, train.bce_weight, train.dice_weight, w),
+                                   lambda: autocast(device, amp_dtype, cache_enabled=False))
 
     params = {"model": name, "train": asdict(train), "models": {name: asdict(model_cfg)}, "device": str(device),
               "amp": str(amp_dtype), "torch": torch.__version__, "parameters": count_parameters(model),
@@ -243,8 +258,7 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
                        disable=None if world.is_main else True)
             for step in bar:
                 lr = lr_at(epoch * steps_per_epoch + step, total_steps, train.warmup_epochs * steps_per_epoch, model_cfg.lr, train.lr_schedule)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                set_lr(optimizer, lr)
                 batch_rows = slice(step * model_cfg.batch_size, (step + 1) * model_cfg.batch_size)
                 b = indices[batch_rows][share]
                 x, labels = train_bank.batch(b)
@@ -254,17 +268,20 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
                                       train_bank.mimic_thresholds if train.mimic_fraction > 0 else None)
                 if train.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with autocast(device, amp_dtype):
-                    logits = step_model(x)
                 weights = None
                 if train.mimic_loss_weight != 1:
                     mimic = mimic_voxels(centre_slice(x), y[:, 0] > 0, train_bank.mimic_thresholds)
                     weights = mimic_weights(mimic, train.mimic_loss_weight)
-                loss = segmentation_loss(logits, y, train.bce_weight, train.dice_weight, weights)
+                if graphed is not None:
+                    loss = graphed(x, y, weights)
+                else:
+                    with autocast(device, amp_dtype):
+                        logits = step_model(x)
+                    loss = segmentation_loss(logits, y, train.bce_weight, train.dice_weight, weights)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
                 seen += len(b)
                 loss_sum += loss.detach().double() * len(b)
                 if step % LOG_EVERY == 0 or step == steps_per_epoch - 1:

@@ -56,6 +56,10 @@ class TrainSettings(RuntimeSettings):
     # torch.compile the training step's model: pays on a GPU (bench/gpu.py measures it per model), costs compile
     # time on a small CPU run; the weights saved and validated are the same parameters either way
     compile: bool = False
+    # replay each training step (forward, loss, backward, AdamW) as one captured CUDA graph, which removes the per-operation
+    # launch cost that bounds an eager step on a fast GPU (tumorseg.training.cuda_graph; bench/gpu.py). CUDA only, one
+    # process; the weights differ from an eager run's only as cuDNN autotuning already makes them differ
+    cuda_graph: bool = False
     # where the training and validation slices live: device (loaded once onto the training device), host (host memory,
     # each batch sent), stream (each batch read from the store: host memory holds one batch, not the dataset)
     bank: Literal["device", "host", "stream"] = "device"
@@ -83,6 +87,8 @@ class TrainSettings(RuntimeSettings):
         if self.bank == "stream" and self.uses_mimics:
             raise SettingError("bank", "= stream cannot look for mimic slices (that reads every training slice); set "
                                        "train.mimic_fraction: 0 and train.mimic_loss_weight: 1, or train.bank: host")
+        if self.cuda_graph and self.nproc_per_node > 1:
+            raise SettingError("cuda_graph", "= true replays one process's step; with train.nproc_per_node > 1 (DDP) set it to false")
         if self.bce_weight == 0 and self.dice_weight == 0:
             raise SettingError("bce_weight", "and dice_weight are both 0: the loss would be zero")
 
