@@ -138,3 +138,25 @@ def test_the_app_refuses_a_mask_on_another_grid_than_the_images(tmp_path):
     assert np.array_equal(load_mask_for(seg.shape, lps, LPS_ANISOTROPIC), seg)
     with pytest.raises(InputError, match="ras-seg.nii.gz: mask not on the images' voxel grid \\(stored RAS, images LPS"):
         load_mask_for(seg.shape, ras, LPS_ANISOTROPIC)  # same shape: without the check, a mirrored overlay
+
+
+def test_validate_case_and_the_app_decode_each_file_once(tmp_path, monkeypatch):
+    """Decompressing and decoding a full-size BraTS volume is the cost of the download stage and of loading a case in
+    the app: each file is read and decoded once, not once per check."""
+    from nibabel.arrayproxy import ArrayProxy
+
+    import tumorseg.data.brats as brats
+    from tumorseg.app.support import load_mask_for
+
+    root = _write(tmp_path / "lps", {})
+    (case,) = discover_cases(root)
+    decodes, reads = [], []
+    original_array, original_read = ArrayProxy.__array__, brats.read_nifti
+    monkeypatch.setattr(ArrayProxy, "__array__", lambda self, *a, **k: decodes.append(1) or original_array(self, *a, **k))
+    monkeypatch.setattr(brats, "read_nifti", lambda path: reads.append(path) or original_read(path))
+    assert validate_case(case, root).status == "ok"
+    assert (len(reads), len(decodes)) == (5, 5)
+    decodes.clear(), reads.clear()
+    seg = case.path / case_filename(CASE, MASK)
+    assert load_mask_for((14, 12, 10), seg, LPS_ANISOTROPIC).shape == (14, 12, 10)
+    assert (len(reads), len(decodes)) == (1, 1)

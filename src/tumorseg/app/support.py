@@ -159,12 +159,12 @@ def load_mask_for(case_shape: tuple[int, ...], path: Path | None, affine: np.nda
     would show and score a mirrored tumour."""
     if path is None:
         return None
-    from tumorseg.data.brats import load_mask, read_nifti
+    from tumorseg.data.brats import mask_labels, read_nifti
     from tumorseg.data.orientation import GRID_TOLERANCE, axis_codes
 
     try:
-        mask = load_mask(path, in_model_orientation=False)  # on the upload's grid; the app orients the case
-        mask_affine = read_nifti(path).affine
+        image = read_nifti(path)  # read once: the voxels on the upload's grid (the app orients the case) and its affine
+        mask, mask_affine = mask_labels(np.asanyarray(image.dataobj)), image.affine
     except Exception as exc:
         raise InputError(f"{path.name}: not a readable NIfTI mask ({type(exc).__name__}: {exc})") from None
     if mask.shape != tuple(case_shape):

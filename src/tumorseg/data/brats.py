@@ -178,7 +178,7 @@ def validate_case(case: CaseDir, root: str | Path) -> ManifestRow:
             problems.append(f"{kind}: expected a 3D volume, got shape {data.shape} in {rel}")
             continue
         try:
-            data, spacing, affines[kind], orientations[kind] = oriented_image(img)
+            data, spacing, affines[kind], orientations[kind] = oriented_image(img, data)
         except ValueError as exc:
             problems.append(f"{kind}: unusable affine in {rel} ({exc})")
             continue
@@ -253,6 +253,11 @@ def load_mask(path: str | Path, *, in_model_orientation: bool = True) -> np.ndar
         mask, _ = read_volume(path)
     else:
         mask = np.asanyarray(read_nifti(path).dataobj)
+    return mask_labels(mask)
+
+
+def mask_labels(mask: np.ndarray) -> np.ndarray:
+    """A decoded label map as uint8 labels 0-3 (float labels rounded, legacy label 4 -> 3)."""
     mask = np.rint(mask).astype(np.uint8) if mask.dtype.kind == "f" else mask.astype(np.uint8, copy=False)
     if (mask == LEGACY_ET_LABEL).any():
         mask = np.where(mask == LEGACY_ET_LABEL, np.uint8(3), mask)

@@ -50,14 +50,16 @@ def axis_codes(affine: np.ndarray) -> str:
     return "".join(c or "?" for c in aff2axcodes(affine))
 
 
-def oriented_image(img) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, str]:
+def oriented_image(img, data: np.ndarray | None = None) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, str]:
     """A NIfTI image's voxels, voxel sizes and affine in MODEL_ORIENTATION, and the axis codes it was stored in.
+    ``data``: the image's voxels as already decoded (``np.asanyarray(img.dataobj)``), so a caller that needed them
+    first does not decode the file twice.
 
     A file with neither qform nor sform (codes 0) says nothing about its orientation (nibabel's fallback affine is a
     guess): it is read as stored, its codes reported as NO_ORIENTATION. A singular affine raises ValueError."""
     from nibabel.orientations import inv_ornt_aff
 
-    data = np.asanyarray(img.dataobj)
+    data = np.asanyarray(img.dataobj) if data is None else data
     zooms = img.header.get_zooms()[:3]
     if int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 0:
         return data, tuple(float(z) for z in zooms), img.affine, NO_ORIENTATION
