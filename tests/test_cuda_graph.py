@@ -37,15 +37,20 @@ def loss_fn(logits, y, w):
 @pytest.fixture
 def recorded_capture(monkeypatch):
     """No CUDA here: streams become no-ops, and capture records the step instead of running it; a replay runs the
-    recorded step on the input buffers, writing the gradients afresh as a replayed graph does."""
+    recorded step on the input buffers, writing the gradients afresh as a replayed graph does. What a real capture
+    requires of its caller is asserted at capture: no gradients yet (else every replay would add onto them) and the
+    learning rates as tensors (a float would be baked into the graph)."""
     dummy = SimpleNamespace(wait_stream=lambda other: None)
     monkeypatch.setattr(cuda_graph.torch.cuda, "Stream", lambda: dummy)
     monkeypatch.setattr(cuda_graph.torch.cuda, "current_stream", lambda: dummy)
     monkeypatch.setattr(cuda_graph.torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: None)
     captures = []
 
-    def capture(self):
+    def record(self):
         captures.append(1)
+        assert all(p.grad is None for p in self.module.parameters()), "gradients exist at capture"
+        assert all(isinstance(g["lr"], torch.Tensor) for g in self.optimizer.param_groups), "a float lr would be baked in"
         loss = torch.zeros(())
 
         def replay():
@@ -54,14 +59,15 @@ def recorded_capture(monkeypatch):
 
         return SimpleNamespace(replay=replay), loss
 
-    monkeypatch.setattr(GraphedTrainStep, "_capture", capture)
+    monkeypatch.setattr(GraphedTrainStep, "_record", record)
     return captures
 
 
 def test_graphed_step_trains_each_batch_once_in_order_like_eager(recorded_capture):
     """3 eager warm-up steps, then one capture, then replays: the weights after 7 batches (learning rate changing every
-    step) equal an eager loop's exactly, and so does every step's loss. A capture step that did not also replay, a
-    replay that read stale buffers or a learning rate baked in at capture would each differ."""
+    step) equal an eager loop's exactly, and so does every step's loss. A capture step that did not also replay or a
+    replay that read stale buffers would differ, and the recorder asserts capture's preconditions (no gradients: a
+    capture without zero_grad before it fails here, checked; learning rates as tensors)."""
     data = batches(7)
     lrs = [1e-2 * (0.7 ** i) for i in range(7)]
     eager = tiny_model()
@@ -98,6 +104,25 @@ def test_graphed_step_refuses_a_batch_of_another_shape(recorded_capture):
         step(x[:2], y[:2])
     with pytest.raises(ValueError, match="weights"):
         step(x, y, torch.ones(4, 12, 12))
+
+
+def test_a_resumed_optimizer_gets_its_learning_rate_back_as_a_tensor_that_set_lr_moves(tmp_path):
+    """The resume path of the loop: the optimizer's state saved and loaded on the host (as checkpoint.py does) brings
+    the learning rate back as whatever was saved; lr_to_device makes it a device tensor again, which set_lr updates."""
+    from tumorseg.training.cuda_graph import lr_to_device
+
+    params = [torch.nn.Parameter(torch.ones(3))]
+    opt = torch.optim.AdamW(params, lr=torch.tensor(0.1), foreach=False)
+    params[0].grad = torch.ones(3)
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    resumed = torch.optim.AdamW(params, lr=torch.tensor(0.5), foreach=False)
+    resumed.load_state_dict(torch.load(tmp_path / "opt.pt", map_location="cpu", weights_only=False))
+    lr_to_device(resumed, torch.device("cpu"))
+    lr = resumed.param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and float(lr) == pytest.approx(0.1)
+    set_lr(resumed, 0.02)
+    assert resumed.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.02)
 
 
 def test_set_lr_writes_a_tensor_learning_rate_in_place():

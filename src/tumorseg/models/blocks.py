@@ -95,7 +95,14 @@ def pad_or_crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 _PHASE_TAPS = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
 
-def upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def phase_taps() -> torch.Tensor:
+    """(phase, tap, 3) tap sums of `upsample2x_conv3x3`, as a tensor a module can hold as a buffer: made with the model,
+    it moves with it, so a step captured as a CUDA graph never copies it from host memory."""
+    return torch.tensor(_PHASE_TAPS)
+
+
+def upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None,
+                       taps: torch.Tensor | None = None) -> torch.Tensor:
     """conv3x3(nearest_upsample_2x(x), weight, padding=1) (+ `out`, accumulated in place, if given).
 
     The same function (up to float rounding) computed without the upsampled tensor: each of the
@@ -105,7 +112,7 @@ def upsample2x_conv3x3(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor 
     """
     n, _, h, w = x.shape
     c_out = weight.shape[0]
-    taps = torch.tensor(_PHASE_TAPS, dtype=weight.dtype, device=weight.device)  # (phase, tap, 3)
+    taps = (phase_taps() if taps is None else taps).to(weight.device, weight.dtype)  # (phase, tap, 3)
     kernels = torch.einsum("aip,bjq,ocpq->abocij", taps, taps, weight).reshape(4 * c_out, -1, 2, 2)
     z = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernels)  # (N, 4*C_out, H+1, W+1); channel = (a, b, c)
     channels_last = z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous()
@@ -165,6 +172,7 @@ class DecoderBlock(nn.Module):
         self.in_channels = in_channels
         # The exact fast path for nearest 2x upsampling (an attribute so benchmarks can switch it off).
         self.fast_upsample = upsample == "nearest"
+        self.register_buffer("phase_taps", phase_taps(), persistent=False)  # not saved: a constant of the fast path
         self.conv1 = ConvNormAct(conv_in, out_channels, norm=norm)
         self.conv2 = ConvNormAct(out_channels, out_channels, norm=norm)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
@@ -181,7 +189,7 @@ class DecoderBlock(nn.Module):
             # Fast exact path: conv(cat(up(x), skip)) = conv_x(up(x)) + conv_skip(skip).
             conv, norm, act = self.conv1
             y = None if skip is None else F.conv2d(skip, conv.weight[:, self.in_channels :], padding=1)
-            y = act(norm(upsample2x_conv3x3(x, conv.weight[:, : self.in_channels], out=y)))
+            y = act(norm(upsample2x_conv3x3(x, conv.weight[:, : self.in_channels], out=y, taps=self.phase_taps)))
         else:
             if self.up is not None:
                 x = pad_or_crop_to(self.up(x), size)

@@ -39,6 +39,13 @@ def capturable_adamw(params, lr: float, weight_decay: float, device: torch.devic
                              capturable=True)
 
 
+def lr_to_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Make every group's learning rate a tensor on ``device`` (a resumed optimizer's comes back as a host tensor or a
+    float; a captured step reads it on the GPU)."""
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), device=device)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every group's learning rate, in place where it is a tensor (a captured step reads that tensor)."""
     for group in optimizer.param_groups:
@@ -98,17 +105,28 @@ class GraphedTrainStep:
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._forward_backward(*self.inputs)
         torch.cuda.current_stream().wait_stream(self.side_stream)
+        loss.record_stream(torch.cuda.current_stream())  # made on the side stream, read (and freed) on this one
         return loss
 
     def _capture(self) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """Record the step (nothing runs) reading the input buffers. Gradients are None at capture, so the captured
-        backward writes them (no accumulation) into the graph's memory, where every replay writes them again:
-        zero_grad must not run between replays."""
+        """Gradients are None at capture, so the captured backward writes them (no accumulation) into the graph's
+        memory, where every replay writes them again: zero_grad must not run between replays."""
         self.optimizer.zero_grad(set_to_none=True)
+        return self._record()
+
+    def _record(self) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Record the step reading the input buffers (nothing runs)."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # A torch.compile'd module must not compile during capture (that fails deep inside); make it say so plainly
+        with torch.compiler.set_stance("fail_on_recompile"), torch.cuda.graph(graph):
             loss = self._forward_backward(*self.inputs)
         return graph, loss
+
+    def release(self) -> None:
+        """Drop the graph, its memory (activations, gradients) and the input buffers once training is over, so that
+        saving and logging the model do not run beside a training step's worth of reserved GPU memory."""
+        self.graph = self.loss = self.inputs = None
+        self.optimizer.zero_grad(set_to_none=True)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         self._load(x, y, weights)

@@ -32,7 +32,7 @@ from tumorseg.models.io import CONFIG_FILE, WEIGHTS_FILE, save_model
 from tumorseg.models.runtime import autocast, configure_determinism, pick_amp_dtype, pick_device
 from tumorseg.tracking import TAG_DATA, TAG_WEIGHTS, MlflowSettings, TrainingRun
 from tumorseg.training import checkpoint, distributed
-from tumorseg.training.cuda_graph import GraphedTrainStep, capturable_adamw, set_lr
+from tumorseg.training.cuda_graph import GraphedTrainStep, capturable_adamw, lr_to_device, set_lr
 from tumorseg.training.augment import build_augmentation
 from tumorseg.training.data import SliceBank, StreamBank, epoch_indices, mimic_voxels, open_bank, random_patches, to_device
 from tumorseg.training.losses import mimic_weights, segmentation_loss
@@ -208,9 +208,8 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if train.cuda_graph:  # the saved learning rate comes back as a host tensor; a captured step reads it on the GPU
-            for group in optimizer.param_groups:
-                group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        if train.cuda_graph:
+            lr_to_device(optimizer, device)
         history, best, bad_epochs, start_epoch = state["history"], state["best"], state["bad_epochs"], state["epoch"] + 1
         log.info("resuming %s from %s after epoch %d", name, Path(checkpoint_dir) / checkpoint.RESUME_FILE, state["epoch"])
     train_module = model
@@ -329,6 +328,9 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
     except BaseException:
         run.end(status="KILLED")
         raise
+    finally:
+        if graphed is not None:
+            graphed.release()
 
     config = {"model": name, "arch": dict(model_cfg.arch), "in_channels": list(SEQUENCES), "context_slices": train.context_slices,
               "regions": list(REGION_NAMES), "preprocess": preprocess_config or {}, "best_epoch": best["epoch"],
