@@ -188,13 +188,14 @@ def benchmark(args, info: dict) -> str:
                     args.results_copy.write_text(json.dumps(results, indent=1))
             print(f"{name} {config}: {r['slices_per_s']:.0f} slices/s, val Dice {r['val_dice']}, first epoch "
                   f"{r['first_epoch_s']:.1f} s, wall {r['wall_s']:.1f} s", flush=True)
-    rows, chosen = [], {}
+    reference_name = "before" if "before" in args.configs else "eager"
+    rows, chosen, bases = [], {}, {}
     for name in args.models:
         by_config = {c: r for c in args.configs for r in results
                      if r["model"] == name and r["config"] == c and r["epochs"] == args.epochs}
         if not by_config:
             continue
-        base = by_config.get("before") or by_config.get("eager") or next(iter(by_config.values()))
+        base = bases[name] = by_config.get(reference_name) or by_config.get("eager") or next(iter(by_config.values()))
         ok = [r for r in by_config.values() if r["val_dice_mean"] >= base["val_dice_mean"] - DICE_TOLERANCE]
         chosen[name] = max(ok, key=lambda r: r["slices_per_s"])
         for config, r in by_config.items():
@@ -203,11 +204,8 @@ def benchmark(args, info: dict) -> str:
                         f"{' / '.join(f'{d:.3f}' for d in r['val_dice'])} | {project(r, info):.1f} |")
     (args.work / "chosen.json").write_text(json.dumps({n: r["config"] for n, r in chosen.items()}))
     gpu = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "CPU"
-    reference = {n: next((r for r in results if r["model"] == n and r["config"] == ("before" if "before" in args.configs else "eager")
-                          and r["epochs"] == args.epochs), None) for n in args.models}
-    reference_total = sum(project(r, info) for r in reference.values() if r is not None)
+    reference_total = sum(project(r, info) for r in bases.values())
     chosen_total = sum(project(r, info) for r in chosen.values())
-    reference_name = "before" if "before" in args.configs else "eager"
     lines = [
         f"`python bench/gpu.py --patients {info['patients']} --epochs {args.epochs} --configs {' '.join(args.configs)}` on {gpu}, "
         f"torch {torch.__version__}, Python {platform.python_version()}",
