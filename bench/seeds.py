@@ -13,6 +13,8 @@ and before post-processing.
 
     python bench/seeds.py --seeds 1 2 3 --out bench/results/seeds.md
     python bench/seeds.py --validation-only --seeds 1 2 3 --set train.context_slices=1 --out bench/results/context_1.md
+A `--set preprocess.<key>=...` builds its own slice store from data/raw with the pipeline's preprocess code, in the
+temporary folder, and trains, predicts and scores on it (the split's patients and slices are the same).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from tumorseg import paths  # noqa: E402
 from tumorseg.config import from_mapping, read_params  # noqa: E402
+from tumorseg.data.preprocess import PreprocessSettings, run_preprocess  # noqa: E402
 from tumorseg.evaluation.evaluate import evaluate_model  # noqa: E402
 from tumorseg.evaluation.infer import SUBSETS, InferSettings, infer_model  # noqa: E402
 from tumorseg.evaluation.postprocess import PostprocessSettings, fit_postprocess  # noqa: E402
@@ -63,16 +66,16 @@ def override(params: dict, assignments: list[str]) -> dict:
     return params
 
 
-def run_seed(model: str, seed: int, params: dict, work: Path, validation_only: bool) -> dict:
+def run_seed(model: str, seed: int, params: dict, work: Path, validation_only: bool, store: Path) -> dict:
     train_block = dict(params["train"], seed=seed)
     train = from_mapping(TrainSettings, train_block, "train")
     out = work / f"{model}-{seed}"
     off = MlflowSettings(enabled=False)
     t0 = time.perf_counter()
-    train_model(model, train, from_mapping(ModelSettings, params["models"][model], f"models.{model}"), REPO / paths.PREPROCESSED_DIR,
+    train_model(model, train, from_mapping(ModelSettings, params["models"][model], f"models.{model}"), store,
                 REPO / paths.SPLIT, out / "model", out / "ckpt", off, preprocess_config=params.get("preprocess"))
     train_s = time.perf_counter() - t0
-    infer_model(model, out / "model", REPO / paths.PREPROCESSED_DIR, REPO / paths.SPLIT, out / "inference", out / "seconds.json",
+    infer_model(model, out / "model", store, REPO / paths.SPLIT, out / "inference", out / "seconds.json",
                 from_mapping(RuntimeSettings, train_block, "train", subset=True),
                 from_mapping(InferSettings, params.get("infer"), "infer").tta, ("val",) if validation_only else SUBSETS)
     fitted = fit_postprocess(model, out / "inference", REPO / paths.SPLIT, REPO / paths.MANIFEST, REPO / paths.RAW_DIR,
@@ -82,7 +85,7 @@ def run_seed(model: str, seed: int, params: dict, work: Path, validation_only: b
               "val_lesion_dice_ET": post["lesion_dice_ET"], "val_lesion_dice_mean": post["lesion_dice_mean"],
               "val_dice_mean": post["dice_mean"], "val_fp_WT": post["fp_per_patient_WT"], "val_fp_WT_raw": raw["fp_per_patient_WT"]}
     if not validation_only:
-        metrics = evaluate_model(model, out / "inference", out / "postprocess.json", REPO / paths.PREPROCESSED_DIR, REPO / paths.SPLIT,
+        metrics = evaluate_model(model, out / "inference", out / "postprocess.json", store, REPO / paths.SPLIT,
                                  REPO / paths.MANIFEST, REPO / paths.RAW_DIR, out / "metrics.json", out / "evaluation", None, off)
         result.update({k: metrics[k] for k in TEST_KEYS})
     return result
@@ -101,9 +104,14 @@ def main() -> None:
     keys = VAL_KEYS if args.validation_only else ("val_lesion_dice_mean", *TEST_KEYS)
     results: dict[str, list[dict]] = {m: [] for m in args.models}
     with tempfile.TemporaryDirectory() as tmp:
+        store = REPO / paths.PREPROCESSED_DIR
+        if params.get("preprocess") != read_params(REPO / paths.PARAMS).get("preprocess"):
+            store = Path(tmp) / "preprocessed"
+            run_preprocess(from_mapping(PreprocessSettings, params.get("preprocess"), "preprocess"), REPO / paths.MANIFEST,
+                           REPO / paths.RAW_DIR, store)
         for seed in args.seeds:
             for model in args.models:
-                r = run_seed(model, seed, params, Path(tmp), args.validation_only)
+                r = run_seed(model, seed, params, Path(tmp), args.validation_only, store)
                 results[model].append(r)
                 print(f"{model} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items()), flush=True)
 
