@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+from tumorseg.training.step import LossFn, optimisation_step
 
 
 def capturable_adamw(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
@@ -75,12 +75,7 @@ class GraphedTrainStep:
         self.side_stream: torch.cuda.Stream | None = None
 
     def _forward_backward(self, x, y, weights) -> torch.Tensor:
-        with self.autocast():
-            logits = self.module(x)
-        loss = self.loss_fn(logits, y, weights)
-        loss.backward()
-        self.optimizer.step()
-        return loss
+        return optimisation_step(self.module, self.optimizer, self.loss_fn, self.autocast, x, y, weights)
 
     def _load(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> None:
         given = [x, y, weights]

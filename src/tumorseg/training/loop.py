@@ -36,6 +36,7 @@ from tumorseg.training.cuda_graph import GraphedTrainStep, capturable_adamw, lr_
 from tumorseg.training.augment import build_augmentation
 from tumorseg.training.data import SliceBank, StreamBank, epoch_indices, mimic_voxels, open_bank, random_patches, to_device
 from tumorseg.training.losses import mimic_weights, segmentation_loss
+from tumorseg.training.step import optimisation_step
 from tumorseg.training.settings import ModelSettings, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -220,11 +221,15 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
     # The compiled module shares the parameters of `model`; validation and saving use `model` itself, so whole-slice
     # validation batches never trigger a recompile of the patch-sized training graph.
     step_model = torch.compile(train_module) if train.compile else train_module
+    def loss_fn(logits, y, w):
+        return segmentation_loss(logits, y, train.bce_weight, train.dice_weight, w)
+
     graphed = None
-    if train.cuda_graph:
-        graphed = GraphedTrainStep(step_model, optimizer,
-                                   lambda logits, y, w: segmentation_loss(logits, y, train.bce_weight, train.dice_weight, w),
-                                   lambda: autocast(device, amp_dtype, cache_enabled=False))
+    if train.cuda_graph:  # autocast without its weight-cast cache: a cache filled outside a graph is read inside it
+        graphed = GraphedTrainStep(step_model, optimizer, loss_fn, lambda: autocast(device, amp_dtype, cache_enabled=False))
+
+    def step_autocast():
+        return autocast(device, amp_dtype)
 
     params = {"model": name, "train": asdict(train), "models": {name: asdict(model_cfg)}, "device": str(device),
               "amp": str(amp_dtype), "torch": torch.__version__, "parameters": count_parameters(model),
@@ -274,12 +279,8 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
                 if graphed is not None:
                     loss = graphed(x, y, weights)
                 else:
-                    with autocast(device, amp_dtype):
-                        logits = step_model(x)
-                    loss = segmentation_loss(logits, y, train.bce_weight, train.dice_weight, weights)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    loss = optimisation_step(step_model, optimizer, loss_fn, step_autocast, x, y, weights)
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
                 seen += len(b)
                 loss_sum += loss.detach().double() * len(b)
