@@ -442,3 +442,17 @@ def test_auto_precision_is_fp32_on_every_cpu(monkeypatch):
         assert runtime.pick_amp_dtype("auto", cpu) is None
         assert runtime.pick_amp_dtype("bf16", cpu) is torch.bfloat16
         assert runtime.pick_amp_dtype("off", cpu) is None
+
+
+def test_building_unet_leaves_timm_unimported():
+    """timm (and the torchvision it imports) costs seconds per process: the unet stages, `tumorseg predict` with unet
+    and the report must not pay for it; the ResNet encoders import it when built."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tumorseg.models import build_model; build_model('unet', in_channels=4); "
+            "import tumorseg.training.loop, tumorseg.evaluation.infer, tumorseg.evaluation.report; "
+            "print(sorted(m for m in ('timm', 'torchvision') if m in sys.modules)); "
+            "build_model('resnet_unet', in_channels=4); print('timm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:2] == ["[]", "True"]

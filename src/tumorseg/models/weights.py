@@ -19,7 +19,6 @@ import logging
 import os
 from pathlib import Path
 
-import timm
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -39,6 +38,8 @@ def weights_env_var(encoder: str) -> str:
 
 def hf_repo_id(encoder: str) -> str:
     """The Hugging Face repo timm loads the encoder's default weights from (timm/resnet34.a1_in1k)."""
+    import timm  # here, not at the top: importing timm (and torchvision) takes seconds that unet never needs
+
     cfg = timm.models.get_pretrained_cfg(encoder)
     repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
     return repo or f"timm/{encoder}"
@@ -119,6 +120,8 @@ def create_encoder(
     param_name: str,
 ) -> nn.Module:
     """timm feature extractor (features_only) with offline pretrained weights when asked."""
+    import timm  # see hf_repo_id
+
     if not pretrained:
         log.info("%s encoder randomly initialised (pretrained=False)", encoder)
         return timm.create_model(encoder, features_only=True, in_chans=in_channels, out_indices=out_indices)
