@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 import yaml
 
-from tumorseg.data.brats import COHORT_FOLDER, FILE_KINDS, MASK, case_filename
-from tumorseg.data.labels import SEQUENCES
-from tumorseg.data.synthetic import SyntheticSettings, write_dataset, write_nifti
+from tumorseg.models.runtime import RuntimeSettings, pin_cpu_kernels
+
+# The test process runs on the pipeline's CPU kernels, pinned before its first torch operation as every stage pins them
+pin_cpu_kernels(RuntimeSettings().cpu_kernels, 0)
+
+from tumorseg.data.brats import COHORT_FOLDER, FILE_KINDS, MASK, case_filename  # noqa: E402
+from tumorseg.data.labels import SEQUENCES  # noqa: E402
+from tumorseg.data.synthetic import SyntheticSettings, write_dataset, write_nifti  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])

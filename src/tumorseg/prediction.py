@@ -345,14 +345,17 @@ def note_tta(tta: str, predictor: Predictor) -> None:
 
 def run_predict(cases: list[CaseInput], model_ref: str, out_dir: Path, models_dir: Path, batch_size: int = 32,
                 device: str = "auto", progress: bool = True, tta: str = "none",
-                postprocess: bool = True, runtime: str = "torch") -> list[tuple[CaseInput, Path | None, str | None]]:
+                postprocess: bool = True, runtime: str = "torch", cpu_kernels: str = "avx2",
+                num_threads: int = 2) -> list[tuple[CaseInput, Path | None, str | None]]:
     """Predict every case; a bad case is reported and skipped (nothing written for it), the others go on.
-    Returns (case, written path or None, error or None) per case."""
+    Returns (case, written path or None, error or None) per case. ``cpu_kernels`` and ``num_threads`` as the
+    pipeline's ``train`` block (defaults: its defaults), so a CPU gives the probabilities the infer stage gives."""
     from tqdm.auto import tqdm
 
-    from tumorseg.models.runtime import pick_amp_dtype, pick_device
+    from tumorseg.models.runtime import pick_amp_dtype, pick_device, pin_cpu_kernels
 
     check_unique_case_ids(cases)
+    log.info("%s", pin_cpu_kernels(cpu_kernels, num_threads))
     dev = pick_device(device)
     predictor = load_predictor(model_ref, models_dir, dev, postprocess, runtime)
     note_tta(tta, predictor)

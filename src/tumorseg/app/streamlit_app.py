@@ -23,9 +23,12 @@ SEQUENCE_NAMES = {"t1n": "T1 (native)", "t1c": "T1 + contrast", "t2w": "T2", "t2
 
 @st.cache_resource(show_spinner=False)
 def device_and_precision():
-    """The GPU when there is one (bf16 autocast there, as the pipeline), else the CPU in fp32."""
-    from tumorseg.models.runtime import pick_amp_dtype, pick_device
+    """The GPU when there is one (bf16 autocast there, as the pipeline), else the CPU in fp32 on the pipeline's pinned
+    kernels and threads (RuntimeSettings' defaults), so it shows what `tumorseg predict` writes."""
+    from tumorseg.models.runtime import RuntimeSettings, pick_amp_dtype, pick_device, pin_cpu_kernels
 
+    defaults = RuntimeSettings()
+    pin_cpu_kernels(defaults.cpu_kernels, defaults.num_threads)
     device = pick_device("auto")
     return device, pick_amp_dtype("auto", device)
 

@@ -24,7 +24,7 @@ from tumorseg.evaluation.inference import predict_probabilities
 from tumorseg.evaluation.predictions import patients, quantize, write_index, write_seconds
 from tumorseg.fileio import atomic_dir, sha256_file
 from tumorseg.models.io import WEIGHTS_FILE, context_slices, load_model
-from tumorseg.models.runtime import RuntimeSettings, configure_determinism, pick_amp_dtype, pick_device
+from tumorseg.models.runtime import RuntimeSettings, configure_determinism, pick_amp_dtype, pick_device, pin_cpu_kernels
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class InferSettings:
 def infer_model(name: str, model_dir: Path, store_dir: Path, split_path: Path, out_dir: Path, seconds_path: Path,
                 runtime: RuntimeSettings, tta: str, subsets: tuple[str, ...] = SUBSETS) -> dict:
     """Probabilities of the ``subsets`` patients (the stage: validation and test; a model choice: validation only)."""
+    log.info("%s", pin_cpu_kernels(runtime.cpu_kernels, runtime.num_threads))
     device = pick_device(runtime.device)
     configure_determinism(runtime.deterministic, device)
     amp_dtype = pick_amp_dtype(runtime.amp, device)

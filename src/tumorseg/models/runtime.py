@@ -1,7 +1,13 @@
-"""Where and in which precision models run: device, autocast dtype, determinism.
+"""Where and in which precision models run: device, autocast dtype, determinism, CPU kernels.
 
 Shared by training, evaluation and prediction (which never import ``tumorseg.training``); the
 choice is made once, logged by the caller, and never silently changed.
+
+The same fp32 training gives different weights on different CPUs, because torch (ATen), oneDNN
+and MKL pick SIMD kernels by the CPU and split sums by the thread count; a few ulps grow over the
+epochs into another training (bench/results/cross_cpu.md: up to 0.18 Dice). ``pin_cpu_kernels``
+runs the AVX2 kernels on every x86-64 CPU that has them, with a fixed thread count: then an
+AVX-512 and an AVX2-only CPU train byte-identical weights (bench/results/cpu_determinism.md).
 
 bf16 autocast is 2-2.5x faster than fp32 on CPUs with native bf16 (avx512_bf16 / AMX), but on
 AVX2-only CPUs (e.g. AMD Zen 3) oneDNN has no bf16 convolution kernels and it is ~10x *slower*
@@ -33,8 +39,23 @@ class RuntimeSettings(Checked):
     channels_last: bool = True
     deterministic: bool = True
     eval_batch_size: int = field(default=32, metadata=in_range(1))
+    # avx2: the same kernels on every x86-64 CPU with AVX2, so results do not depend on the machine; native: each
+    # CPU's own fastest kernels (an AVX-512 CPU's give other numbers than an AVX2 CPU's)
+    cpu_kernels: Literal["avx2", "native"] = "avx2"
+    # torch's CPU threads: part of the numbers (the sums are split by thread); 0: torch's default (all cores)
+    num_threads: int = field(default=2, metadata=in_range(0))
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+# The environment that makes ATen, oneDNN and MKL run their AVX2 code whatever the CPU has beyond it. Each library
+# reads its variable once, when it first runs a kernel, so it must be set before the process's first operation.
+PINNED_KERNELS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}}
+PINNED_CAPABILITY = {"avx2": "AVX2"}  # what torch.backends.cpu.get_cpu_capability() says once pinned
+REQUIRED_FLAGS = {"avx2": ("avx2", "fma")}
+
+
+class CpuKernelsError(RuntimeError):
+    """The CPU kernels cannot be pinned in this process: it chose others before, or its environment asks for others."""
 
 
 @functools.cache
@@ -62,6 +83,41 @@ def fast_autocast_dtype(device_type: str) -> torch.dtype | None:
     if device_type == "cpu":
         return torch.bfloat16 if cpu_has_fast_bf16() else None
     return None
+
+
+def pin_cpu_kernels(kernels: str, num_threads: int) -> str:
+    """Make this process's CPU numbers those of any other machine's: pin ``kernels`` (see ``PINNED_KERNELS``) and the
+    thread count. Call it before the first torch operation (stage entry points and commands do); calling it again
+    with the same settings is harmless. Returns a line for the log.
+
+    Raises ``CpuKernelsError`` where the pin cannot hold: the environment sets one of the variables to something
+    else, or torch already chose other kernels in this process. A CPU without the instructions (no AVX2, or not
+    x86-64) runs torch's own choice with a warning: its results will differ from an AVX2 machine's."""
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    threads = torch.get_num_threads()
+    if kernels == "native":
+        return (f"CPU kernels: native ({torch.backends.cpu.get_cpu_capability()}), {threads} threads; results can "
+                "differ from another CPU's (train.cpu_kernels: avx2 pins them)")
+    env = PINNED_KERNELS[kernels]
+    conflicting = {k: os.environ[k] for k in env if os.environ.get(k, env[k]).upper() != env[k].upper()}
+    if conflicting:
+        raise CpuKernelsError(f"train.cpu_kernels: {kernels} pins {env}, but the environment sets {conflicting}: unset "
+                              f"{', '.join(conflicting)}, or set train.cpu_kernels: native to keep them")
+    os.environ.update(env)
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability != PINNED_CAPABILITY[kernels]:
+        missing = [f for f in REQUIRED_FLAGS[kernels] if f not in cpu_flags()]
+        if not missing:
+            raise CpuKernelsError(
+                f"train.cpu_kernels: {kernels}: torch already runs its {capability} kernels in this process (an "
+                "operation ran before the pin); set " + " ".join(f"{k}={v}" for k, v in env.items()) +
+                " in the environment before Python starts, or call pin_cpu_kernels before any torch operation")
+        log.warning("train.cpu_kernels: %s, but this CPU lacks %s: torch runs its %s kernels, so results here will "
+                    "differ from an AVX2 machine's (the committed metrics)", kernels, "/".join(missing) or kernels,
+                    capability)
+        return f"CPU kernels: {capability} (this CPU has no {kernels.upper()}), {threads} threads"
+    return f"CPU kernels: pinned to {kernels.upper()} (as on any x86-64 CPU with AVX2), {threads} threads"
 
 
 def pick_device(requested: str) -> torch.device:

@@ -29,7 +29,7 @@ from tumorseg.data.split import read_split
 from tumorseg.fileio import atomic_file, sha256_file
 from tumorseg.models import build_model, count_parameters
 from tumorseg.models.io import CONFIG_FILE, WEIGHTS_FILE, save_model
-from tumorseg.models.runtime import autocast, configure_determinism, pick_amp_dtype, pick_device
+from tumorseg.models.runtime import autocast, configure_determinism, pick_amp_dtype, pick_device, pin_cpu_kernels
 from tumorseg.tracking import TAG_DATA, TAG_WEIGHTS, MlflowSettings, TrainingRun
 from tumorseg.training import checkpoint, distributed
 from tumorseg.training.cuda_graph import GraphedTrainStep, capturable_adamw, lr_to_device, set_lr
@@ -143,6 +143,7 @@ def train_model(
 
     Under torchrun (``train.nproc_per_node``; tumorseg.training.distributed) every rank runs this function on its share
     of each batch; rank 0 alone validates and writes."""
+    log.info("%s", pin_cpu_kernels(train.cpu_kernels, train.num_threads))
     world = distributed.world_from_env()
     device = distributed.start(world, pick_device(train.device))
     try:
@@ -161,8 +162,6 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
         raise ValueError(f"train.cuda_graph: true replays CUDA graphs, but {name} trains on {device.type}: set "
                          "train.cuda_graph: false (or train.device: cuda on a machine with a CUDA GPU)")
     configure_determinism(train.deterministic, device)
-    if train.num_threads:
-        torch.set_num_threads(train.num_threads)
     torch.manual_seed(train.seed)
     epochs = model_cfg.epochs or train.epochs
 
@@ -232,7 +231,8 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
         return autocast(device, amp_dtype)
 
     params = {"model": name, "train": asdict(train), "models": {name: asdict(model_cfg)}, "device": str(device),
-              "amp": str(amp_dtype), "torch": torch.__version__, "parameters": count_parameters(model),
+              "amp": str(amp_dtype), "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "parameters": count_parameters(model),
               "train_slices": len(train_bank), "val_slices": len(val_rows), "processes": world.size}
     tags = {TAG_DATA: sha256_file(manifest_path) if manifest_path and Path(manifest_path).is_file() else "unknown"}
     run = TrainingRun(mlflow_settings if mlflow_settings and world.is_main else MlflowSettings(enabled=False), name, params, tags, manifest_path,

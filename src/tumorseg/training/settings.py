@@ -1,6 +1,6 @@
 """The ``train`` block (shared by all models) and the ``models.<name>`` blocks of params.yaml.
 
-``TrainSettings`` extends ``RuntimeSettings`` (device, precision, inference batch): evaluation reads
+``TrainSettings`` extends ``RuntimeSettings`` (device, precision, CPU kernels and threads, inference batch): inference reads
 those keys of the same block through ``RuntimeSettings`` alone, so an edit here never reruns it.
 """
 
@@ -52,7 +52,6 @@ class TrainSettings(RuntimeSettings):
     dice_weight: float = field(default=1.0, metadata=in_range(0))
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     seed: int = 42
-    num_threads: int = field(default=0, metadata=in_range(0))  # CPU threads for torch (0: torch's default)
     # torch.compile the training step's model: pays on a GPU (bench/gpu.py measures it per model), costs compile
     # time on a small CPU run; the weights saved and validated are the same parameters either way
     compile: bool = False
