@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -124,18 +125,49 @@ def test_training_learns_is_repeatable_and_writes_outputs(tiny_pipeline):
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_to_the_same_result(tiny_pipeline, monkeypatch):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_killed_training_resumes_to_the_same_result(tiny_pipeline, monkeypatch, ema_decay):
     root = tiny_pipeline
-    _train(root, "full")
+    train = dataclasses.replace(TRAIN, ema_decay=ema_decay)
+    tag = f"ema{ema_decay}"
+    _train(root, f"{tag}-full", train)
     restore = _kill_after_two_epochs(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        _train(root, "killed")
-    assert (root / "killed" / "ckpt" / checkpoint.RESUME_FILE).is_file()
-    assert not (root / "killed" / "model" / "model.safetensors").exists()
+        _train(root, f"{tag}-killed", train)
+    assert (root / f"{tag}-killed" / "ckpt" / checkpoint.RESUME_FILE).is_file()
+    assert not (root / f"{tag}-killed" / "model" / "model.safetensors").exists()
     restore()
-    _train(root, "killed")  # the next run resumes from epoch 2
-    assert _sha(root / "killed" / "model" / "model.safetensors") == _sha(root / "full" / "model" / "model.safetensors")
-    assert (root / "killed" / "model" / "history.csv").read_text() == (root / "full" / "model" / "history.csv").read_text()
+    _train(root, f"{tag}-killed", train)  # the next run resumes from epoch 2 (with its weight average)
+    assert _sha(root / f"{tag}-killed" / "model" / "model.safetensors") == _sha(root / f"{tag}-full" / "model" / "model.safetensors")
+    assert (root / f"{tag}-killed" / "model" / "history.csv").read_text() == (root / f"{tag}-full" / "model" / "history.csv").read_text()
+
+
+@pytest.mark.slow
+def test_ema_decay_validates_and_saves_the_averaged_weights(tiny_pipeline, monkeypatch):
+    """With train.ema_decay the loop validates the running average and saves it, not the last step's weights."""
+    import tumorseg.training.loop as loop
+
+    kept, validated = {}, []
+    real_update, real_validate = loop.WeightAverage.update, loop.validate
+
+    def spy_update(self, model):
+        real_update(self, model)
+        kept["average"] = {k: v.clone() for k, v in self.module.state_dict().items()}
+        kept["last"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        kept["module"] = self.module
+
+    def rising_validate(model, *args, **kwargs):  # every epoch "better" than the last: the final average is saved
+        validated.append(model)
+        return real_validate(model, *args, **kwargs) | {"val_dice_mean": 0.1 * len(validated)}
+
+    monkeypatch.setattr(loop.WeightAverage, "update", spy_update)
+    monkeypatch.setattr(loop, "validate", rising_validate)
+    config = _train(tiny_pipeline, "ema-saved", dataclasses.replace(TRAIN, ema_decay=0.9))
+    assert config["best_epoch"] == 3 and all(m is kept["module"] for m in validated)
+    saved, _ = load_model(tiny_pipeline / "ema-saved" / "model")
+    for name, value in saved.state_dict().items():
+        assert torch.equal(value, kept["average"][name].to(value.dtype)), name
+    assert any(not torch.equal(kept["average"][k], kept["last"][k]) for k in kept["last"] if kept["last"][k].is_floating_point())
 
 
 def test_stale_checkpoint_is_ignored(tmp_path):

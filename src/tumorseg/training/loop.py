@@ -37,6 +37,7 @@ from tumorseg.training.augment import build_augmentation
 from tumorseg.training.data import SliceBank, StreamBank, epoch_indices, mimic_voxels, open_bank, random_patches, to_device
 from tumorseg.training.losses import mimic_weights, segmentation_loss
 from tumorseg.training.step import optimisation_step
+from tumorseg.training.weight_average import WeightAverage
 from tumorseg.training.settings import ModelSettings, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -205,9 +206,14 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
     history: list[dict] = []
     best = {"score": -1.0, "epoch": -1, "state": None}
     bad_epochs, start_epoch = 0, 0
+    # validated, chosen and saved in place of the last step's weights when train.ema_decay > 0 (training/weight_average)
+    average = WeightAverage(model, train.ema_decay) if train.ema_decay > 0 else None
+    evaluated = average.module if average is not None else model
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if average is not None:
+            average.load_state_dict(state["average"])
         if train.cuda_graph:
             lr_to_device(optimizer, device)
         history, best, bad_epochs, start_epoch = state["history"], state["best"], state["bad_epochs"], state["epoch"] + 1
@@ -281,6 +287,8 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
                 else:
                     optimizer.zero_grad(set_to_none=True)
                     loss = optimisation_step(step_model, optimizer, loss_fn, step_autocast, x, y, weights)
+                if average is not None:
+                    average.update(model)
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
                 seen += len(b)
                 loss_sum += loss.detach().double() * len(b)
@@ -298,7 +306,7 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
                 loss_sum, seen = totals[0], int(totals[1])
             val = None
             if world.is_main:
-                val = validate(model, val_bank, train.eval_batch_size, device, amp_dtype, train.channels_last, train.bce_weight,
+                val = validate(evaluated, val_bank, train.eval_batch_size, device, amp_dtype, train.channels_last, train.bce_weight,
                                train.dice_weight)
             val = distributed.broadcast(val, world)  # every rank decides the same early stop
             record = {"epoch": epoch + 1, "lr": lr, "train_loss": float(loss_sum) / max(seen, 1), **val}
@@ -311,7 +319,7 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
             improved = val["val_dice_mean"] > best["score"]
             if improved:
                 best = {"score": val["val_dice_mean"], "epoch": epoch + 1,
-                        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if world.is_main else None}
+                        "state": {k: v.detach().cpu().clone() for k, v in evaluated.state_dict().items()} if world.is_main else None}
                 bad_epochs = 0
             else:
                 bad_epochs += 1
@@ -322,6 +330,7 @@ def _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_di
                 checkpoint.save_resume_state(checkpoint_dir, {
                     "fingerprint": fp, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "history": history, "best": best, "bad_epochs": bad_epochs, "mlflow_run_id": run.run_id,
+                    "average": average.state_dict() if average is not None else None,
                 })
             if train.patience and bad_epochs >= train.patience:
                 log.info("%s: early stop after epoch %d (no validation improvement for %d epochs)", name, epoch + 1, bad_epochs)

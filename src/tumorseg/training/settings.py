@@ -52,6 +52,9 @@ class TrainSettings(RuntimeSettings):
     dice_weight: float = field(default=1.0, metadata=in_range(0))
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     seed: int = 42
+    # > 0: validate, choose and save an exponential moving average of the weights with this decay per step
+    # (tumorseg.training.weight_average) instead of the last step's weights; 0: off
+    ema_decay: float = field(default=0.0, metadata=in_range(0, 1, high_open=True))
     # torch.compile the training step's model: pays on a GPU (bench/gpu.py measures it per model), costs compile
     # time on a small CPU run; the weights saved and validated are the same parameters either way
     compile: bool = False
