@@ -281,6 +281,9 @@ def main() -> None:
     if args.child:
         train_once(args.child, args.child_config, args.epochs, args.work, args.device)
         return
+    from tumorseg.models.runtime import RuntimeSettings, pin_cpu_kernels
+
+    pin_cpu_kernels(RuntimeSettings().cpu_kernels, 0)  # before preprocessing runs torch in this process (train_model pins)
     info = build_dataset(args.work, args.patients, tuple(args.shape), workers=max(1, min(16, os.cpu_count() or 1)))
     print(f"data: {info}", flush=True)
     emit(side_by_side(args, info) if args.side_by_side else benchmark(args, info), args.out)

@@ -40,7 +40,7 @@ from tumorseg.data.preprocess import PreprocessSettings, run_preprocess  # noqa:
 from tumorseg.evaluation.evaluate import evaluate_model  # noqa: E402
 from tumorseg.evaluation.infer import SUBSETS, InferSettings, infer_model  # noqa: E402
 from tumorseg.evaluation.postprocess import PostprocessSettings, fit_postprocess  # noqa: E402
-from tumorseg.models.runtime import RuntimeSettings  # noqa: E402
+from tumorseg.models.runtime import RuntimeSettings, pin_cpu_kernels  # noqa: E402
 from tumorseg.tracking import MlflowSettings  # noqa: E402
 from tumorseg.training.loop import train_model  # noqa: E402
 from tumorseg.training.settings import ModelSettings, TrainSettings  # noqa: E402
@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     params = override(read_params(REPO / paths.PARAMS), args.assignments)
+    runtime = from_mapping(RuntimeSettings, params.get("train"), "train", subset=True)
+    pin_cpu_kernels(runtime.cpu_kernels, runtime.num_threads)  # before a --set preprocess.* store runs torch here
     keys = VAL_KEYS if args.validation_only else ("val_lesion_dice_mean", *TEST_KEYS)
     results: dict[str, list[dict]] = {m: [] for m in args.models}
     with tempfile.TemporaryDirectory() as tmp:
