@@ -80,7 +80,12 @@ REAL = {"patients": 146, "train": 102, "val": 22, "epochs": 100, "target_minutes
 
 
 def build_dataset(work: Path, patients: int, shape: tuple[int, int, int], workers: int) -> dict:
-    """The pipeline's data stages on ``patients`` synthetic full-size cases, once per ``work`` folder."""
+    """The pipeline's data stages on ``patients`` synthetic full-size cases, once per ``work`` folder. Pins the CPU
+    kernels first: with one worker the data stages run torch in this process, which would fix its kernels before the
+    training's pin (which would then refuse)."""
+    from tumorseg.models.runtime import RuntimeSettings, pin_cpu_kernels
+
+    pin_cpu_kernels(RuntimeSettings().cpu_kernels, 0)
     from tumorseg.data.download import DataSettings, run_download
     from tumorseg.data.preprocess import PreprocessSettings, run_preprocess
     from tumorseg.data.split import SplitSettings, run_split
@@ -281,9 +286,6 @@ def main() -> None:
     if args.child:
         train_once(args.child, args.child_config, args.epochs, args.work, args.device)
         return
-    from tumorseg.models.runtime import RuntimeSettings, pin_cpu_kernels
-
-    pin_cpu_kernels(RuntimeSettings().cpu_kernels, 0)  # before preprocessing runs torch in this process (train_model pins)
     info = build_dataset(args.work, args.patients, tuple(args.shape), workers=max(1, min(16, os.cpu_count() or 1)))
     print(f"data: {info}", flush=True)
     emit(side_by_side(args, info) if args.side_by_side else benchmark(args, info), args.out)

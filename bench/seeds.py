@@ -45,7 +45,8 @@ from tumorseg.tracking import MlflowSettings  # noqa: E402
 from tumorseg.training.loop import train_model  # noqa: E402
 from tumorseg.training.settings import ModelSettings, TrainSettings  # noqa: E402
 
-TEST_KEYS = ("dice_WT", "dice_TC", "dice_ET", "dice_mean", "lesion_dice_WT", "lesion_dice_TC", "lesion_dice_ET", "lesion_dice_mean")
+TEST_KEYS = ("dice_WT", "dice_TC", "dice_ET", "dice_mean", "lesion_dice_WT", "lesion_dice_TC", "lesion_dice_ET", "lesion_dice_mean",
+             "fp_per_patient_WT")
 MODELS = ["unet", "resnet_unet", "transunet"]
 VAL_KEYS = ("val_lesion_dice_WT", "val_lesion_dice_TC", "val_lesion_dice_ET", "val_lesion_dice_mean", "val_dice_mean",
             "val_fp_WT", "val_fp_WT_raw")

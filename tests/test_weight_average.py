@@ -51,3 +51,9 @@ def test_a_saved_average_restores_exactly_and_refuses_another_decay():
         WeightAverage(torch.nn.Linear(3, 2), decay=0.99).load_state_dict(average.state_dict())
     with pytest.raises(ValueError, match="must be in"):
         WeightAverage(model, decay=1.0)
+
+
+def test_an_average_refuses_a_model_with_other_entries():
+    average = WeightAverage(torch.nn.Sequential(torch.nn.Linear(2, 2)), decay=0.9)
+    with pytest.raises(ValueError, match="entries differ"):
+        average.update(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2)))

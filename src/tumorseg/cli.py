@@ -131,9 +131,11 @@ def predict(
                                      "the model on the validation patients (<model folder>/postprocess.json), as evaluate does."),
     runtime: str = typer.Option("torch", help="torch | onnx (the model folder's model.onnx from `tumorseg export`, run by "
                                 "ONNX Runtime)."),
-    cpu_kernels: str = typer.Option("avx2", help="avx2 (the pipeline's default: the same numbers on any x86-64 CPU with "
-                                    "AVX2) | native (this CPU's fastest kernels)."),
-    threads: int = typer.Option(2, help="CPU threads (the pipeline's train.num_threads; 0: all cores). Part of the numbers."),
+    cpu_kernels: str = typer.Option(None, help="avx2 | native (this CPU's fastest kernels, machine-dependent numbers). "
+                                    "Default: the pipeline's train.cpu_kernels default (avx2: the same numbers on any x86-64 "
+                                    "CPU with AVX2)."),
+    threads: int = typer.Option(None, help="CPU threads (0: all cores); part of the numbers. Default: the pipeline's "
+                                "train.num_threads default (2)."),
 ) -> None:
     """Segment new patients: a BraTS label map (0 background, 1 necrotic core, 2 edema, 3 enhancing tumour) per patient, with the input's shape, affine and header. Bad input: a message naming the file, exit code 2, no output for that patient."""
     from tumorseg.logs import setup_logging
@@ -154,8 +156,10 @@ def predict(
             cases = [case for folder in inputs for case in cases_in_folder(folder)]
         else:
             raise InputError("nothing to predict: give a patient folder, a folder of patients, or --t1n --t1c --t2w --t2f")
-        if cpu_kernels not in ("avx2", "native"):
+        if cpu_kernels not in (None, "avx2", "native"):
             raise InputError(f"--cpu-kernels {cpu_kernels}: expected avx2 or native")
+        if threads is not None and threads < 0:
+            raise InputError(f"--threads {threads}: expected 0 (all cores) or more")
         results = run_predict(cases, model, out, paths.MODELS_DIR, batch_size=batch_size, device=device, tta=tta,
                               postprocess=postprocess, runtime=runtime, cpu_kernels=cpu_kernels, num_threads=threads)
     except InputError as exc:

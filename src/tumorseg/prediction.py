@@ -345,18 +345,25 @@ def note_tta(tta: str, predictor: Predictor) -> None:
 
 def run_predict(cases: list[CaseInput], model_ref: str, out_dir: Path, models_dir: Path, batch_size: int = 32,
                 device: str = "auto", progress: bool = True, tta: str = "none",
-                postprocess: bool = True, runtime: str = "torch", cpu_kernels: str = "avx2",
-                num_threads: int = 2) -> list[tuple[CaseInput, Path | None, str | None]]:
+                postprocess: bool = True, runtime: str = "torch", cpu_kernels: str | None = None,
+                num_threads: int | None = None) -> list[tuple[CaseInput, Path | None, str | None]]:
     """Predict every case; a bad case is reported and skipped (nothing written for it), the others go on.
     Returns (case, written path or None, error or None) per case. ``cpu_kernels`` and ``num_threads`` as the
-    pipeline's ``train`` block (defaults: its defaults), so a CPU gives the probabilities the infer stage gives."""
+    pipeline's ``train`` block (None: RuntimeSettings' defaults, params.yaml's), so a CPU gives the probabilities
+    the infer stage gives. ONNX Runtime has kernels of its own, which are not pinned (its threads are)."""
     from tqdm.auto import tqdm
 
-    from tumorseg.models.runtime import pick_amp_dtype, pick_device, pin_cpu_kernels
+    from tumorseg.models.runtime import RuntimeSettings, pick_amp_dtype, pick_device, pin_cpu_kernels, torch_threads
 
     check_unique_case_ids(cases)
-    log.info("%s", pin_cpu_kernels(cpu_kernels, num_threads))
+    defaults = RuntimeSettings()
+    cpu_kernels = defaults.cpu_kernels if cpu_kernels is None else cpu_kernels
+    num_threads = defaults.num_threads if num_threads is None else num_threads
     dev = pick_device(device)
+    log.info("%s", pin_cpu_kernels(cpu_kernels, num_threads if dev.type == "cpu" else 0))
+    if runtime == "onnx":
+        log.info("--runtime onnx: ONNX Runtime picks its own CPU kernels (--cpu-kernels does not pin them), on torch's "
+                 "%d threads", torch_threads())
     predictor = load_predictor(model_ref, models_dir, dev, postprocess, runtime)
     note_tta(tta, predictor)
     amp = pick_amp_dtype("auto", dev)

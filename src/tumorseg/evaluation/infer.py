@@ -41,8 +41,8 @@ class InferSettings:
 def infer_model(name: str, model_dir: Path, store_dir: Path, split_path: Path, out_dir: Path, seconds_path: Path,
                 runtime: RuntimeSettings, tta: str, subsets: tuple[str, ...] = SUBSETS) -> dict:
     """Probabilities of the ``subsets`` patients (the stage: validation and test; a model choice: validation only)."""
-    log.info("%s", pin_cpu_kernels(runtime.cpu_kernels, runtime.num_threads))
     device = pick_device(runtime.device)
+    log.info("%s", pin_cpu_kernels(runtime.cpu_kernels, runtime.num_threads if device.type == "cpu" else 0))
     configure_determinism(runtime.deterministic, device)
     amp_dtype = pick_amp_dtype(runtime.amp, device)
     model, config = load_model(model_dir, device)

@@ -94,6 +94,7 @@ class OnnxModel:
             raise FileNotFoundError(f"{self.path}: no ONNX model here; run `tumorseg export <model> --format onnx` first")
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.intra_op_num_threads = torch.get_num_threads()  # the pinned count (tumorseg.models.runtime), not every core
         self.session = ort.InferenceSession(str(self.path), options, providers=providers or ["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         self.config = json.loads(meta[CONFIG_KEY]) if CONFIG_KEY in meta else {}

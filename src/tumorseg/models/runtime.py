@@ -87,16 +87,21 @@ def fast_autocast_dtype(device_type: str) -> torch.dtype | None:
 
 def pin_cpu_kernels(kernels: str, num_threads: int) -> str:
     """Make this process's CPU numbers those of any other machine's: pin ``kernels`` (see ``PINNED_KERNELS``) and the
-    thread count. Call it before the first torch operation (stage entry points and commands do); calling it again
-    with the same settings is harmless. Returns a line for the log.
+    thread count (``num_threads`` 0: leave it). Call it before the first torch operation (stage entry points and
+    commands do); calling it again with the same settings is harmless. Returns a line for the log.
 
     Raises ``CpuKernelsError`` where the pin cannot hold: the environment sets one of the variables to something
-    else, or torch already chose other kernels in this process. A CPU without the instructions (no AVX2, or not
-    x86-64) runs torch's own choice with a warning: its results will differ from an AVX2 machine's."""
+    else, or ATen already chose other kernels in this process. oneDNN and MKL cannot be asked which kernels they
+    chose: a matrix product or convolution run before the pin keeps theirs unnoticed, hence "before the first
+    operation". A CPU without the instructions (no AVX2, or not x86-64) runs torch's own choice with a warning: its
+    results will differ from an AVX2 machine's. ``native`` removes the variables (inherited from a pinned parent
+    process, say), so that each library takes the CPU's own kernels."""
     if num_threads:
         torch.set_num_threads(num_threads)
     threads = torch.get_num_threads()
     if kernels == "native":
+        for variable in PINNED_KERNELS["avx2"]:
+            os.environ.pop(variable, None)
         return (f"CPU kernels: native ({torch.backends.cpu.get_cpu_capability()}), {threads} threads; results can "
                 "differ from another CPU's (train.cpu_kernels: avx2 pins them)")
     env = PINNED_KERNELS[kernels]
@@ -118,6 +123,11 @@ def pin_cpu_kernels(kernels: str, num_threads: int) -> str:
                     capability)
         return f"CPU kernels: {capability} (this CPU has no {kernels.upper()}), {threads} threads"
     return f"CPU kernels: pinned to {kernels.upper()} (as on any x86-64 CPU with AVX2), {threads} threads"
+
+
+def torch_threads() -> int:
+    """torch's CPU threads (after ``pin_cpu_kernels``: the pinned count), which ONNX Runtime sessions use too."""
+    return torch.get_num_threads()
 
 
 def pick_device(requested: str) -> torch.device:

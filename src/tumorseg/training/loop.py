@@ -144,9 +144,14 @@ def train_model(
 
     Under torchrun (``train.nproc_per_node``; tumorseg.training.distributed) every rank runs this function on its share
     of each batch; rank 0 alone validates and writes."""
-    log.info("%s", pin_cpu_kernels(train.cpu_kernels, train.num_threads))
+    requested = pick_device(train.device)  # asks for a GPU, runs no CPU kernel
+    # the thread count only where the numbers are the CPU's: a GPU run keeps torch's host threads
+    log.info("%s", pin_cpu_kernels(train.cpu_kernels, train.num_threads if requested.type == "cpu" else 0))
+    if train.compile and requested.type == "cpu" and train.cpu_kernels != "native":
+        log.warning("train.compile on a CPU: inductor generates code for this CPU's own instructions, which "
+                    "train.cpu_kernels: %s does not pin; these weights may differ from another CPU's", train.cpu_kernels)
     world = distributed.world_from_env()
-    device = distributed.start(world, pick_device(train.device))
+    device = distributed.start(world, requested)
     try:
         return _train(name, train, model_cfg, store_dir, split_path, out_dir, checkpoint_dir, mlflow_settings,
                       preprocess_config, manifest_path, on_epoch, world, device)

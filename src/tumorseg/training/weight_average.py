@@ -39,7 +39,11 @@ class WeightAverage:
         self.updates += 1
         weight = 1.0 - self.current_decay()
         averaged, current = [], []
-        for (name, mine), theirs in zip(self.module.state_dict().items(), model.state_dict().values()):
+        mine_state, their_state = self.module.state_dict(), model.state_dict()
+        if mine_state.keys() != their_state.keys():
+            raise ValueError(f"the model's entries differ from the average's: {sorted(mine_state.keys() ^ their_state.keys())}")
+        for name, mine in mine_state.items():
+            theirs = their_state[name]
             if mine.shape != theirs.shape:
                 raise ValueError(f"{name}: shape {tuple(theirs.shape)} differs from the average's {tuple(mine.shape)}")
             if mine.is_floating_point():
