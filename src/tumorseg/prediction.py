@@ -353,7 +353,9 @@ def run_predict(cases: list[CaseInput], model_ref: str, out_dir: Path, models_di
     the infer stage gives. ONNX Runtime has kernels of its own, which are not pinned (its threads are)."""
     from tqdm.auto import tqdm
 
-    from tumorseg.models.runtime import RuntimeSettings, pick_amp_dtype, pick_device, pin_cpu_kernels, torch_threads
+    import torch
+
+    from tumorseg.models.runtime import RuntimeSettings, pick_amp_dtype, pick_device, pin_cpu_kernels
 
     check_unique_case_ids(cases)
     defaults = RuntimeSettings()
@@ -363,7 +365,7 @@ def run_predict(cases: list[CaseInput], model_ref: str, out_dir: Path, models_di
     log.info("%s", pin_cpu_kernels(cpu_kernels, num_threads if dev.type == "cpu" else 0))
     if runtime == "onnx":
         log.info("--runtime onnx: ONNX Runtime picks its own CPU kernels (--cpu-kernels does not pin them), on torch's "
-                 "%d threads", torch_threads())
+                 "%d threads", torch.get_num_threads())
     predictor = load_predictor(model_ref, models_dir, dev, postprocess, runtime)
     note_tta(tta, predictor)
     amp = pick_amp_dtype("auto", dev)

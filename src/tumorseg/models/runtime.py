@@ -122,12 +122,7 @@ def pin_cpu_kernels(kernels: str, num_threads: int) -> str:
                     "differ from an AVX2 machine's (the committed metrics)", kernels, "/".join(missing) or kernels,
                     capability)
         return f"CPU kernels: {capability} (this CPU has no {kernels.upper()}), {threads} threads"
-    return f"CPU kernels: pinned to {kernels.upper()} (as on any x86-64 CPU with AVX2), {threads} threads"
-
-
-def torch_threads() -> int:
-    """torch's CPU threads (after ``pin_cpu_kernels``: the pinned count), which ONNX Runtime sessions use too."""
-    return torch.get_num_threads()
+    return f"CPU kernels: pinned to {kernels.upper()} (the numbers of other CPUs so pinned), {threads} threads"
 
 
 def pick_device(requested: str) -> torch.device:
