@@ -26,6 +26,7 @@ import hashlib, sys
 import torch
 sys.path.insert(0, sys.argv[1])
 from tumorseg.models import build_model
+torch.backends.mkldnn.enabled = sys.argv[2] == "1"  # 0: no oneDNN (convolutions by ATen's im2col and MKL's GEMM)
 torch.manual_seed(0)
 torch.use_deterministic_algorithms(True)
 model = build_model("unet")
@@ -42,7 +43,13 @@ digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.par
 print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(), f"{loss.item():.8f}", digest)
 """
 
-# name -> environment added to the probe's (each in a fresh process: the variables are read when torch loads)
+PINNED = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2", "OMP_NUM_THREADS": "2"}
+
+# name -> environment added to the probe's (each in a fresh process: the variables are read when torch loads);
+# PROBE_ONEDNN=0 turns oneDNN off. MKL's MKL_CBWR=AVX2 branch exists on Intel CPUs only (elsewhere MKL runs its AUTO
+# branch: Intel's oneMKL guide, "Getting Started with Conditional Numerical Reproducibility"); COMPATIBLE is the branch
+# MKL documents as the same on every x86 CPU, and the last rows leave out oneDNN, whose kernels are not documented to
+# agree across CPUs. They are candidates for one hash across vendors, to compare between an AMD and an Intel run.
 SETTINGS = {
     "as installed": {},
     "1 thread": {"OMP_NUM_THREADS": "1"},
@@ -52,6 +59,11 @@ SETTINGS = {
     "MKL_CBWR=COMPATIBLE": {"MKL_CBWR": "COMPATIBLE"},
     "AVX2 pinned (ATen, oneDNN, MKL), 2 threads": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
                                                    "MKL_CBWR": "AVX2", "OMP_NUM_THREADS": "2"},
+    "AVX2 pinned, MKL_CBWR=COMPATIBLE": {**PINNED, "MKL_CBWR": "COMPATIBLE"},
+    "AVX2 pinned, oneDNN off": {**PINNED, "PROBE_ONEDNN": "0"},
+    "AVX2 pinned, oneDNN off, MKL_CBWR=COMPATIBLE": {**PINNED, "PROBE_ONEDNN": "0", "MKL_CBWR": "COMPATIBLE"},
+    "ATen default, oneDNN off, MKL_CBWR=COMPATIBLE, 1 thread": {"ATEN_CPU_CAPABILITY": "default", "PROBE_ONEDNN": "0",
+                                                               "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1"},
 }
 
 
@@ -74,7 +86,9 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "ATEN_CPU_CAPABILITY",
                                                                  "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")}
         env.update(extra)
-        out = subprocess.run([sys.executable, "-c", PROBE, str(REPO / "src")], env=env, capture_output=True, text=True)
+        onednn = env.pop("PROBE_ONEDNN", "1")
+        out = subprocess.run([sys.executable, "-c", PROBE, str(REPO / "src"), onednn], env=env, capture_output=True,
+                             text=True)
         if out.returncode != 0:
             raise SystemExit(f"probe failed for {name!r}:\n{out.stderr}")
         capability, threads, loss, digest = out.stdout.split()

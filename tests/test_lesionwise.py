@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tumorseg.evaluation.metrics import LESION_HD95_PENALTY, hd95, lesion_wise, volume_metrics
+from tumorseg.evaluation.metrics import LESION_HD95_PENALTY, TruthLesions, hd95, lesion_wise, volume_metrics
 
 
 def _cube(shape, corner, size):
@@ -96,3 +96,17 @@ def test_volume_metrics_carry_lesion_scores_per_region():
     assert m["lesion_fp_WT"] == m["lesion_fp_TC"] == m["lesion_fp_ET"] == 1
     assert m["lesion_dice_WT"] == pytest.approx(0.5) and m["lesion_dice_ET"] == 0.0  # no ET in the truth
     assert m["dice_WT"] > 0.95  # the legacy Dice barely notices the blob
+
+
+def test_one_decomposed_truth_scores_many_predictions_as_fresh_scores_do():
+    """Post-processing fitting scores one truth against every candidate threshold's prediction: the decomposition
+    it reuses must not carry anything from one prediction to the next."""
+    truth = _cube(SHAPE, (4, 4, 4), 4) | _cube(SHAPE, (25, 4, 4), 5)  # two lesions
+    preds = [truth, _cube(SHAPE, (4, 4, 4), 4), truth | _cube(SHAPE, (15, 18, 18), 3), np.zeros(SHAPE, bool),
+             _cube(SHAPE, (26, 5, 5), 3) | _cube(SHAPE, (2, 2, 2), 3)]
+    lesions = TruthLesions(truth, spacing=(1.0, 1.0, 2.0))
+    scores = [lesions.score(p) for p in preds]
+    assert scores == [lesion_wise(p, truth, spacing=(1.0, 1.0, 2.0)) for p in preds]
+    assert len({(s.tp, s.fn, s.fp) for s in scores}) >= 4  # the predictions really differ
+    with pytest.raises(ValueError, match="shape"):
+        lesions.score(np.zeros((4, 4, 4), bool))

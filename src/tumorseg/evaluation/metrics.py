@@ -89,6 +89,69 @@ def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     return tuple(slice(a, b) for a, b in zip(lo, hi))
 
 
+@dataclass(frozen=True)
+class TruthLesion:
+    """One ground-truth lesion: its voxels, the voxels a predicted component must touch to match it, its volume."""
+
+    mask: np.ndarray  # the lesion's truth voxels, whole volume (boolean)
+    box: tuple[slice, ...]  # the lesion's bounding box with a margin of the dilation + 1
+    reach: np.ndarray  # the lesion dilated ``dilation`` times, inside ``box``
+    volume_mm3: float
+
+
+class TruthLesions:
+    """One region's ground-truth lesions, decomposed once (the dilations and labellings cost most of a lesion-wise
+    score) and scored against any number of predictions: post-processing fitting scores one truth dozens of times."""
+
+    def __init__(self, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), dilation: int = LESION_DILATION,
+                 min_volume_mm3: float = LESION_MIN_VOLUME_MM3):
+        truth = np.asarray(truth, dtype=bool)
+        self.spacing, self.min_volume_mm3, self.shape = spacing, min_volume_mm3, truth.shape
+        voxel_mm3 = float(np.prod(spacing))
+        lesions = []
+        if truth.any():
+            dilated = ndimage.binary_dilation(truth, structure=LESION_DILATION_STRUCTURE, iterations=dilation)
+            merged, n_lesions = ndimage.label(dilated, structure=CONNECTIVITY_26)
+            merged[~truth] = 0  # each truth voxel carries the id of the dilated component it lies in
+            for lesion_id in range(1, n_lesions + 1):
+                lesion = merged == lesion_id
+                box = _box(lesion, dilation + 1)
+                reach = ndimage.binary_dilation(lesion[box], structure=LESION_DILATION_STRUCTURE, iterations=dilation)
+                lesions.append(TruthLesion(lesion, box, reach, float(lesion.sum() * voxel_mm3)))
+        self.lesions = tuple(lesions)
+
+    def score(self, pred: np.ndarray, with_hd95: bool = True) -> LesionScores:
+        """The lesion-wise scores of ``pred`` (a boolean mask of the truth's shape) against these lesions."""
+        pred = np.asarray(pred, dtype=bool)
+        if pred.shape != self.shape:
+            raise ValueError(f"prediction of shape {pred.shape} scored against ground truth of shape {self.shape}")
+        pred_cc, n_pred = ndimage.label(pred, structure=CONNECTIVITY_26)
+        matched: set[int] = set()
+        dices, hds, tp, fn = [], [], 0, 0
+        for lesion in self.lesions:
+            hits = np.unique(pred_cc[lesion.box][lesion.reach])
+            hits = hits[hits != 0]
+            matched.update(hits.tolist())
+            if lesion.volume_mm3 <= self.min_volume_mm3:
+                continue
+            if len(hits) == 0:
+                fn += 1
+                dices.append(0.0)
+                hds.append(LESION_HD95_PENALTY)
+                continue
+            tp += 1
+            is_hit = np.zeros(n_pred + 1, dtype=bool)
+            is_hit[hits] = True
+            found = is_hit[pred_cc]  # the predicted components matched to this lesion
+            dices.append(dice(found, lesion.mask))
+            hds.append(hd95(found, lesion.mask, self.spacing) if with_hd95 else float("nan"))
+        fp = n_pred - len(matched)
+        count = len(dices) + fp
+        if count == 0:
+            return LesionScores(1.0, 0.0, 0, 0, 0)
+        return LesionScores(float(sum(dices) / count), float((sum(hds) + LESION_HD95_PENALTY * fp) / count), tp, fn, fp)
+
+
 def lesion_wise(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), dilation: int = LESION_DILATION,
                 min_volume_mm3: float = LESION_MIN_VOLUME_MM3, with_hd95: bool = True) -> LesionScores:
     """BraTS 2023 lesion-wise Dice and HD95 of one region (boolean 3D masks).
@@ -99,41 +162,9 @@ def lesion_wise(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), di
     scores Dice 0 / HD95 374 mm. Lesions of ``min_volume_mm3`` or less are left out of the scores and
     the counts (their matched components are not false positives). Both empty: Dice 1, HD95 0.
     ``with_hd95=False`` skips the distance transforms (HD95 then NaN) where only Dice is needed.
+    Scoring one truth against many predictions: ``TruthLesions(truth, ...).score(pred)`` decomposes it once.
     """
-    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
-    voxel_mm3 = float(np.prod(spacing))
-    pred_cc, n_pred = ndimage.label(pred, structure=CONNECTIVITY_26)
-    if truth.any():
-        dilated = ndimage.binary_dilation(truth, structure=LESION_DILATION_STRUCTURE, iterations=dilation)
-        merged, n_lesions = ndimage.label(dilated, structure=CONNECTIVITY_26)
-        merged[~truth] = 0  # each truth voxel carries the id of the dilated component it lies in
-    else:
-        merged, n_lesions = np.zeros(truth.shape, dtype=np.int32), 0
-    matched: set[int] = set()
-    dices, hds, tp, fn = [], [], 0, 0
-    for lesion_id in range(1, n_lesions + 1):
-        lesion = merged == lesion_id
-        box = _box(lesion, dilation + 1)
-        reach = ndimage.binary_dilation(lesion[box], structure=LESION_DILATION_STRUCTURE, iterations=dilation)
-        hits = np.unique(pred_cc[box][reach])
-        hits = hits[hits != 0]
-        matched.update(hits.tolist())
-        if lesion.sum() * voxel_mm3 <= min_volume_mm3:
-            continue
-        if len(hits) == 0:
-            fn += 1
-            dices.append(0.0)
-            hds.append(LESION_HD95_PENALTY)
-            continue
-        tp += 1
-        found = np.isin(pred_cc, hits)
-        dices.append(dice(found, lesion))
-        hds.append(hd95(found, lesion, spacing) if with_hd95 else float("nan"))
-    fp = n_pred - len(matched)
-    count = len(dices) + fp
-    if count == 0:
-        return LesionScores(1.0, 0.0, 0, 0, 0)
-    return LesionScores(float(sum(dices) / count), float((sum(hds) + LESION_HD95_PENALTY * fp) / count), tp, fn, fp)
+    return TruthLesions(truth, spacing, dilation, min_volume_mm3).score(pred, with_hd95)
 
 
 def volume_metrics(pred_labels: np.ndarray, truth_labels: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> dict[str, float]:

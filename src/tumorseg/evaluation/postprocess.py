@@ -39,7 +39,7 @@ from scipy import ndimage
 
 from tumorseg.config import Checked, SettingError, in_range
 from tumorseg.data.labels import REGION_NAMES, region_mask
-from tumorseg.evaluation.metrics import CONNECTIVITY_26, dice, lesion_wise
+from tumorseg.evaluation.metrics import CONNECTIVITY_26, TruthLesions, dice
 
 log = logging.getLogger(__name__)
 
@@ -197,17 +197,26 @@ class LazyCases:
 def _scores(cases, trials: list[PostprocessRules], region: str) -> tuple[np.ndarray, np.ndarray]:
     """(trials, patients) lesion-wise Dice of ``region`` and (trials, regions, patients) legacy Dice of every region
     (REGION_NAMES order) under each of ``trials``, over (pred, truth, spacing, probabilities) cases; each case is read
-    once for all the trials."""
+    once for all the trials, its ground-truth lesions decomposed once, and a trial whose label map equals an earlier
+    one's (a threshold below every component, say) takes that one's scores."""
     lesion, legacy = np.zeros((len(trials), len(cases))), np.zeros((len(trials), len(REGION_NAMES), len(cases)))
+    k_region = REGION_NAMES.index(region)
     for j, (pred, truth, spacing, probabilities) in enumerate(cases):
         truths = [region_mask(truth, r) for r in REGION_NAMES]
+        lesions = TruthLesions(truths[k_region], spacing)
+        scored: list[tuple[np.ndarray, int]] = []  # (label map, the trial that scored it)
         for i, trial in enumerate(trials):
             out = trial.apply(pred, spacing, probabilities)
+            same = next((earlier for seen, earlier in scored if np.array_equal(seen, out)), None)
+            if same is not None:
+                lesion[i, j], legacy[i, :, j] = lesion[same, j], legacy[same, :, j]
+                continue
+            scored.append((out, i))
             for k, r in enumerate(REGION_NAMES):
                 p = region_mask(out, r)
                 legacy[i, k, j] = dice(p, truths[k])
-                if r == region:
-                    lesion[i, j] = lesion_wise(p, truths[k], spacing, with_hd95=False).dice
+                if k == k_region:
+                    lesion[i, j] = lesions.score(p, with_hd95=False).dice
     return lesion, legacy
 
 

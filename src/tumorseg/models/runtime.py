@@ -7,7 +7,10 @@ The same fp32 training gives different weights on different CPUs, because torch 
 and MKL pick SIMD kernels by the CPU and split sums by the thread count; a few ulps grow over the
 epochs into another training (bench/results/cross_cpu.md: up to 0.18 Dice). ``pin_cpu_kernels``
 runs the AVX2 kernels on every x86-64 CPU that has them, with a fixed thread count: then an
-AVX-512 and an AVX2-only CPU train byte-identical weights (bench/results/cpu_determinism.md).
+AVX-512 and an AVX2-only AMD EPYC train byte-identical weights (bench/results/cpu_determinism.md,
+cpu_determinism_avx512.md). Not across vendors: an Intel Xeon so pinned trains other weights
+(cpu_determinism_intel.md), MKL's AVX2 reproducibility branch being Intel-only and oneDNN's
+kernels not documented to agree across CPUs.
 
 bf16 autocast is 2-2.5x faster than fp32 on CPUs with native bf16 (avx512_bf16 / AMX), but on
 AVX2-only CPUs (e.g. AMD Zen 3) oneDNN has no bf16 convolution kernels and it is ~10x *slower*
@@ -39,8 +42,8 @@ class RuntimeSettings(Checked):
     channels_last: bool = True
     deterministic: bool = True
     eval_batch_size: int = field(default=32, metadata=in_range(1))
-    # avx2: the same kernels on every x86-64 CPU with AVX2, so results do not depend on the machine; native: each
-    # CPU's own fastest kernels (an AVX-512 CPU's give other numbers than an AVX2 CPU's)
+    # avx2: the same AVX2 kernels on every x86-64 CPU with AVX2, so AMD EPYCs with and without AVX-512 give the same
+    # numbers (an Intel CPU gives others); native: each CPU's own fastest kernels (numbers of that CPU's own)
     cpu_kernels: Literal["avx2", "native"] = "avx2"
     # torch's CPU threads: part of the numbers (the sums are split by thread); 0: torch's default (all cores)
     num_threads: int = field(default=2, metadata=in_range(0))
@@ -71,6 +74,18 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+@functools.cache
+def cpu_vendor() -> str:
+    """AMD, Intel or the vendor id /proc/cpuinfo names ("unknown" where it names none): pinned kernels agree within one
+    vendor's CPUs only (module docstring)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            vendor = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("vendor_id")), "unknown")
+    except OSError:
+        vendor = "unknown"
+    return {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}.get(vendor, vendor)
+
+
 def cpu_has_fast_bf16() -> bool:
     """True where the CPU has native bf16 instructions (avx512_bf16 or AMX), so bf16 autocast pays."""
     return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
@@ -86,7 +101,7 @@ def fast_autocast_dtype(device_type: str) -> torch.dtype | None:
 
 
 def pin_cpu_kernels(kernels: str, num_threads: int) -> str:
-    """Make this process's CPU numbers those of any other machine's: pin ``kernels`` (see ``PINNED_KERNELS``) and the
+    """Make this process's CPU numbers those of other CPUs (AMD EPYCs checked; not across vendors): pin ``kernels`` (``PINNED_KERNELS``) and the
     thread count (``num_threads`` 0: leave it). Call it before the first torch operation (stage entry points and
     commands do); calling it again with the same settings is harmless. Returns a line for the log.
 
@@ -119,10 +134,11 @@ def pin_cpu_kernels(kernels: str, num_threads: int) -> str:
                 "operation ran before the pin); set " + " ".join(f"{k}={v}" for k, v in env.items()) +
                 " in the environment before Python starts, or call pin_cpu_kernels before any torch operation")
         log.warning("train.cpu_kernels: %s, but this CPU lacks %s: torch runs its %s kernels, so results here will "
-                    "differ from an AVX2 machine's (the committed metrics)", kernels, "/".join(missing) or kernels,
+                    "differ from an AVX2 machine's", kernels, "/".join(missing) or kernels,
                     capability)
         return f"CPU kernels: {capability} (this CPU has no {kernels.upper()}), {threads} threads"
-    return f"CPU kernels: pinned to {kernels.upper()} (the numbers of other CPUs so pinned), {threads} threads"
+    return (f"CPU kernels: pinned to {kernels.upper()} on this {cpu_vendor()} CPU, {threads} threads (pinned AMD EPYCs "
+            "agree byte for byte; an Intel CPU's numbers differ from theirs: README 'Across CPUs')")
 
 
 def pick_device(requested: str) -> torch.device:
