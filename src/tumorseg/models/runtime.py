@@ -61,28 +61,26 @@ class CpuKernelsError(RuntimeError):
     """The CPU kernels cannot be pinned in this process: it chose others before, or its environment asks for others."""
 
 
+def _cpuinfo_field(name: str) -> str | None:
+    """The first ``name`` line's value in /proc/cpuinfo (None where the file or the field does not exist)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith(name)), None)
+    except OSError:
+        return None
+
+
 @functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU feature flags from /proc/cpuinfo (empty where it does not exist)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset((_cpuinfo_field("flags") or "").split())
 
 
 @functools.cache
 def cpu_vendor() -> str:
     """AMD, Intel or the vendor id /proc/cpuinfo names ("unknown" where it names none): pinned kernels agree within one
     vendor's CPUs only (module docstring)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            vendor = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("vendor_id")), "unknown")
-    except OSError:
-        vendor = "unknown"
+    vendor = _cpuinfo_field("vendor_id") or "unknown"
     return {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}.get(vendor, vendor)
 
 
@@ -101,8 +99,8 @@ def fast_autocast_dtype(device_type: str) -> torch.dtype | None:
 
 
 def pin_cpu_kernels(kernels: str, num_threads: int) -> str:
-    """Make this process's CPU numbers those of other CPUs (AMD EPYCs checked; not across vendors): pin ``kernels`` (``PINNED_KERNELS``) and the
-    thread count (``num_threads`` 0: leave it). Call it before the first torch operation (stage entry points and
+    """Make this process's CPU numbers those of other CPUs (AMD EPYCs checked; not across vendors): pin ``kernels``
+    (``PINNED_KERNELS``) and the thread count (``num_threads`` 0: leave it). Call it before the first torch operation (stage entry points and
     commands do); calling it again with the same settings is harmless. Returns a line for the log.
 
     Raises ``CpuKernelsError`` where the pin cannot hold: the environment sets one of the variables to something
