@@ -12,6 +12,7 @@ from tumorseg.config import SettingError
 from tumorseg.evaluation.postprocess import (
     LazyCases,
     PostprocessRules,
+    _scores,
     PostprocessSettings,
     drop_coreless_components,
     drop_small_components,
@@ -76,6 +77,38 @@ def _val_cases():
             pred[7:9, 7:8, 7:8] = 3  # ...but the model predicts 2 voxels of it
         cases.append((pred, truth, (1.0, 1.0, 1.0), None))
     return cases
+
+
+def test_candidates_scored_from_their_shared_rules_score_as_their_full_rules_do():
+    """_scores applies the rules a step's candidates share once per patient and only the differing rest per candidate;
+    every candidate must score exactly as its own full ``apply`` does, whichever step (first, middle, last) differs."""
+    from tumorseg.data.labels import REGION_NAMES, region_mask
+    from tumorseg.evaluation.metrics import dice, lesion_wise
+
+    rng = np.random.default_rng(3)
+    cases = []
+    for i in range(3):
+        truth = _tumour()
+        pred = truth.copy()
+        pred[20 + i:22 + i, 16:18, 14:16] = 2  # a false WT blob, then a false core speck and a false ET speck
+        pred[24:26, 4:5, 4:6] = 1
+        pred[5:6, 14:15, 14:15] = 3
+        probs = (rng.random((3,) + SHAPE) * 255).astype(np.uint8)
+        cases.append((pred, truth, (1.0, 1.0, 2.0), probs))
+    base = PostprocessRules({"WT": 10.0, "TC": 0.0, "ET": 0.0}, 0.0, {"WT": 0.3, "TC": 0.0, "ET": 0.0}, keep_one_tumour=True)
+    families = {
+        "WT": [replace(base, min_component_mm3={**base.min_component_mm3, "WT": t}) for t in (0.0, 10.0, 2000.0)],
+        "TC": [replace(base, min_component_probability={**base.min_component_probability, "TC": t}) for t in (0.0, 0.45, 0.9)],
+        "ET": [replace(base, min_et_volume_mm3=t) for t in (0.0, 4.0, 50.0)],
+    }
+    for region, trials in families.items():
+        lesion, legacy = _scores(cases, trials, region)
+        for i, trial in enumerate(trials):
+            for j, (pred, truth, spacing, probs) in enumerate(cases):
+                out = trial.apply(pred, spacing, probs)
+                assert lesion[i, j] == lesion_wise(region_mask(out, region), region_mask(truth, region), spacing).dice
+                assert [legacy[i, k, j] for k in range(3)] == [dice(region_mask(out, r), region_mask(truth, r)) for r in REGION_NAMES]
+        assert len({tuple(row) for row in legacy.reshape(len(trials), -1)}) > 1, f"{region}: the candidates must differ"
 
 
 def test_fit_picks_thresholds_that_remove_false_lesions_on_validation():

@@ -87,20 +87,44 @@ class PostprocessRules:
     def apply(self, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), probabilities: np.ndarray | None = None) -> np.ndarray:
         """The post-processed copy of a (X, Y, Z) BraTS label map; ``probabilities``: the (3, X, Y, Z) uint8 quantized
         WT / TC / ET probabilities it was thresholded from, needed by the confidence rule."""
-        out = labels.copy()
-        for i, region in enumerate(REGION_NAMES):
-            out = drop_small_components(out, region, self.min_component_mm3.get(region, 0.0), spacing)
+        return self.apply_steps(self.steps(), labels.copy(), labels, spacing, probabilities)
+
+    def steps(self) -> list[tuple]:
+        """The rules in the order ``apply`` runs them, one ``(rule, region, threshold)`` each, a threshold of 0 (or
+        False) included: two rule sets that differ in one threshold share every step before it, which the fit then
+        computes once per patient instead of once per candidate (``_scores``)."""
+        out: list[tuple] = []
+        for region in REGION_NAMES:
+            out.append(("small", region, self.min_component_mm3.get(region, 0.0)))
             if region == "WT":
-                out = drop_coreless_components(out, self.min_wt_core_mm3, spacing)
-            level = self.min_component_probability.get(region, 0.0)
-            if level > 0:
+                out.append(("coreless", region, self.min_wt_core_mm3))
+            out.append(("unconfident", region, self.min_component_probability.get(region, 0.0)))
+            if region == "WT":
+                out.append(("keep_one", region, self.keep_one_tumour))
+        out.append(("small_et", "ET", self.min_et_volume_mm3))
+        return out
+
+    @staticmethod
+    def apply_steps(steps: list[tuple], out: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0),
+                    probabilities: np.ndarray | None = None) -> np.ndarray:
+        """``out`` after ``steps`` (from ``steps()``); ``labels``: the map before any rule, which keep_one restores from."""
+        for rule, region, threshold in steps:
+            if not threshold:
+                continue
+            if rule == "small":
+                out = drop_small_components(out, region, threshold, spacing)
+            elif rule == "coreless":
+                out = drop_coreless_components(out, threshold, spacing)
+            elif rule == "unconfident":
                 if probabilities is None:
-                    raise ValueError(f"post-processing drops {region} components below mean probability {level}: "
+                    raise ValueError(f"post-processing drops {region} components below mean probability {threshold}: "
                                      f"it needs the predicted probabilities, not only the labels")
-                out = drop_unconfident_components(out, region, level, probabilities[i])
-            if region == "WT" and self.keep_one_tumour:
+                out = drop_unconfident_components(out, region, threshold, probabilities[REGION_NAMES.index(region)])
+            elif rule == "keep_one":
                 out = restore_one_tumour(labels, out, None if probabilities is None else probabilities[0])
-        return relabel_small_et(out, self.min_et_volume_mm3, spacing)
+            else:
+                out = relabel_small_et(out, threshold, spacing)
+        return out
 
     @property
     def is_identity(self) -> bool:
@@ -137,8 +161,10 @@ def drop_components(labels: np.ndarray, region: str, should_drop) -> np.ndarray:
     dropped = np.flatnonzero(should_drop(components, n)) + 1
     if len(dropped) == 0:
         return labels
+    is_dropped = np.zeros(n + 1, dtype=bool)  # looked up per voxel: np.isin would sort the component map
+    is_dropped[dropped] = True
     out = labels.copy()
-    out[np.isin(components, dropped)] = DROPPED_LABEL[region]
+    out[is_dropped[components]] = DROPPED_LABEL[region]
     return out
 
 
@@ -197,16 +223,20 @@ class LazyCases:
 def _scores(cases, trials: list[PostprocessRules], region: str) -> tuple[np.ndarray, np.ndarray]:
     """(trials, patients) lesion-wise Dice of ``region`` and (trials, regions, patients) legacy Dice of every region
     (REGION_NAMES order) under each of ``trials``, over (pred, truth, spacing, probabilities) cases; each case is read
-    once for all the trials, its ground-truth lesions decomposed once, and a trial whose label map equals an earlier
-    one's (a threshold below every component, say) takes that one's scores."""
+    once for all the trials, its ground-truth lesions decomposed once, the rules the trials share (those before the
+    one they differ in) applied once, and a trial whose label map equals an earlier one's (a threshold below every
+    component, say) takes that one's scores."""
     lesion, legacy = np.zeros((len(trials), len(cases))), np.zeros((len(trials), len(REGION_NAMES), len(cases)))
     k_region = REGION_NAMES.index(region)
+    steps = [trial.steps() for trial in trials]
+    shared = next((n for n, column in enumerate(zip(*steps)) if len(set(column)) > 1), len(steps[0]))
     for j, (pred, truth, spacing, probabilities) in enumerate(cases):
         truths = [region_mask(truth, r) for r in REGION_NAMES]
         lesions = TruthLesions(truths[k_region], spacing)
+        start = PostprocessRules.apply_steps(steps[0][:shared], pred.copy(), pred, spacing, probabilities)
         scored: list[tuple[np.ndarray, int]] = []  # (label map, the trial that scored it)
         for i, trial in enumerate(trials):
-            out = trial.apply(pred, spacing, probabilities)
+            out = PostprocessRules.apply_steps(steps[i][shared:], start, pred, spacing, probabilities)
             same = next((earlier for seen, earlier in scored if np.array_equal(seen, out)), None)
             if same is not None:
                 lesion[i, j], legacy[i, :, j] = lesion[same, j], legacy[same, :, j]
