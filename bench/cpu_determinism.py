@@ -15,6 +15,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from _output import cpu_model, emit  # noqa: E402  (bench/ is on sys.path when a script runs)
@@ -86,16 +87,19 @@ def main() -> None:
                                                                  "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")}
         env.update(extra)
         onednn = env.pop("PROBE_ONEDNN", "1")
+        t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", PROBE, str(REPO / "src"), onednn], env=env, capture_output=True,
                              text=True)
+        seconds = time.perf_counter() - t0  # the whole probe process: start-up, 20 steps, hashing
         if out.returncode != 0:
             raise SystemExit(f"probe failed for {name!r}:\n{out.stderr}")
         capability, threads, loss, digest = out.stdout.split()
-        rows.append(f"| {name} | {capability} | {threads} | {loss} | `{digest}` |")
+        rows.append(f"| {name} | {capability} | {threads} | {loss} | `{digest}` | {seconds:.0f} |")
         print(rows[-1], flush=True)
     lines = [f"`python bench/cpu_determinism.py` on {cpu_description()}", "",
              "unet, 20 seeded AdamW steps on seeded random data, fp32; hash of the weights (equal hash: identical training)", "",
-             "| setting | ATen kernels | threads | final loss | weights sha256 |", "|---|---|---|---|---|", *rows]
+             "| setting | ATen kernels | threads | final loss | weights sha256 | s (one run, a noisy clock) |",
+             "|---|---|---|---|---|---|", *rows]
     emit("\n".join(lines) + "\n", args.out)
 
 
