@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _output import emit  # noqa: E402  (bench/ is on sys.path when a script runs)
+from _output import cpu_model, emit  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("unet", "resnet_unet", "transunet")
@@ -159,7 +159,7 @@ def main() -> None:
     ]
     command = "python bench/acceptance.py" + (f" --workspace {args.workspace:.0f}" if args.workspace is not None else "") + (
         f" --seeds {args.seeds}" if args.seeds.resolve() != SEEDS else "")
-    lines = [f"`{command}` on {platform.machine()}, {os.cpu_count()} CPUs", "", table, ""]
+    lines = [f"`{command}` on {platform.machine()}, {cpu_model()}, {os.cpu_count()} CPUs", "", table, ""]
     lines += [f"- {'NOT RUN' if ok is None else 'PASS' if ok else 'FAIL'}: {text}" for text, ok in checks]
     text = "\n".join(lines)
     emit(text, args.out)
