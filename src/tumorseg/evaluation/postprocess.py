@@ -122,8 +122,10 @@ class PostprocessRules:
                 out = drop_unconfident_components(out, region, threshold, probabilities[REGION_NAMES.index(region)])
             elif rule == "keep_one":
                 out = restore_one_tumour(labels, out, None if probabilities is None else probabilities[0])
-            else:
+            elif rule == "small_et":
                 out = relabel_small_et(out, threshold, spacing)
+            else:
+                raise ValueError(f"unknown post-processing step {rule!r}")
         return out
 
     @property
